@@ -1,0 +1,32 @@
+# Two commands for a new machine: `make demo` and `make test`. Both install first if needed.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install -q --disable-pip-version-check
+STAMP := $(VENV)/.nexsearch-installed
+DEMO_OUT ?= runs/digits-demo
+
+.PHONY: install test demo clean
+
+install: $(STAMP)
+
+# Re-runs only when pyproject.toml changes; each pip step skips what is already installed.
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) --upgrade pip
+	$(PIP) torch==2.14.1 torchvision==0.29.1
+	$(PIP) -e '.[test]'
+	# DeepCAVE 1.4.1 (analysis only): it declares Python <3.11 and pins old packages, but its
+	# evaluators work on 3.11 with pyrfr built from source against swig 4.0.2.
+	$(PIP) swig==4.0.2
+	$(PY) -c "import pyrfr" 2>/dev/null || PATH="$(abspath $(VENV))/bin:$$PATH" $(PIP) --no-build-isolation pyrfr==0.9.0
+	$(PIP) --no-deps --ignore-requires-python deepcave==1.4.1 jsonlines
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest -q
+
+demo: install
+	$(VENV)/bin/nexsearch space
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,9 @@
+"""Errors that reach the user as one line and exit status 2."""
+
+
+class UserError(ValueError):
+    """A mistake in what the user asked for: bad input, a missing file, a wrong name.
+
+    The CLI prints ``nexsearch: <message>`` and exits with status 2, without a traceback.
+    It subclasses ``ValueError`` so library callers can catch it as one.
+    """

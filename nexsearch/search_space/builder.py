@@ -1,0 +1,327 @@
+"""One builder: any configuration of the design space -> a ``torch.nn.Module``.
+
+Three kinds of layout share the same blocks:
+
+* ``proxy`` -- the reduced network searched on CIFAR-100 (32x32, 100 classes): stem, one
+  downsampling block in the entry flow, four middle-flow blocks, the exit flow.
+* ``t`` / ``s`` / ``xception`` -- isotropic full-size networks in Xception's layout: stem,
+  three downsampling blocks, eight middle-flow blocks, exit flow (paper tables 5 and 6).
+* ``tp`` -- pyramid: ConvNeXt-T's 4x4/4 stem, four stages of depth 3/4/9/3 and width
+  96/192/384/768 joined by norm + 2x2/2 conv, the configured block in every stage, and a
+  pooling/norm/linear head.
+
+Layers come from ``timm.layers``; the structure follows timm's model files: small blocks,
+one model class, ``forward_features`` / ``forward_head``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from timm.layers import (
+    BlurPool2d,
+    DropPath,
+    LayerNorm2d,
+    NormMlpClassifierHead,
+    SEModule,
+    SeparableConv2d,
+    create_classifier,
+    get_act_layer,
+    make_divisible,
+)
+
+from nexsearch.search_space.space import DEFAULT_ACT, DEFAULT_NORM, N_POSITIONS, validate
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Macro structure of a network; the configuration fills in the blocks."""
+
+    name: str
+    kind: str  # "isotropic" or "pyramid"
+    input_size: int
+    num_classes: int
+    stem_width: int = 64  # isotropic
+    entry_widths: tuple[int, ...] = ()  # isotropic: one downsampling block each
+    middle_depth: int = 8  # isotropic: middle-flow blocks at width entry_widths[-1]
+    exit_widths: tuple[int, ...] = (1024, 1536, 2048)  # downsampling block, sepconv, sepconv
+    depths: tuple[int, ...] = ()  # pyramid
+    dims: tuple[int, ...] = ()  # pyramid
+    description: str = ""
+
+
+LAYOUTS: dict[str, Layout] = {
+    "proxy": Layout(
+        "proxy", "isotropic", 32, 100, stem_width=64, entry_widths=(256,), middle_depth=4,
+        exit_widths=(512, 768, 1024),
+        description="reduced CIFAR-100 proxy: 1 entry block, 4 middle blocks (paper sec. 3)",
+    ),
+    "t": Layout(
+        "t", "isotropic", 224, 1000, stem_width=96, entry_widths=(128, 256, 512), middle_depth=8,
+        description="isotropic Tiny, paper table 5",
+    ),
+    "s": Layout(
+        "s", "isotropic", 224, 1000, stem_width=96, entry_widths=(128, 256, 752), middle_depth=8,
+        description="isotropic Small, paper table 6",
+    ),
+    "tp": Layout(
+        "tp", "pyramid", 224, 1000, depths=(3, 4, 9, 3), dims=(96, 192, 384, 768),
+        description="pyramid Tiny in ConvNeXt-T's layout, paper table 4",
+    ),
+    "xception": Layout(
+        "xception", "isotropic", 299, 1000, stem_width=64, entry_widths=(128, 256, 728), middle_depth=8,
+        description="the original Xception's widths at 299x299 (Chollet 2016)",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Design:
+    """A configuration resolved into the layer choices the blocks read."""
+
+    kernel_size: int
+    stem: str
+    downsample: str
+    block: str
+    expansion: int
+    se: bool
+    acts: tuple[bool, ...]  # activation in front of sepconv i
+    norms: tuple[bool, ...]  # normalization behind sepconv i
+    act_layer: Callable[..., nn.Module]
+    norm_layer: Callable[[int], nn.Module]
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "Design":
+        c = dict(validate(config))
+        act = c.get("act_type", DEFAULT_ACT)
+        norm = c.get("norm_type", DEFAULT_NORM)
+        return cls(
+            kernel_size=int(c["kernel_size"]),
+            stem=str(c["stem"]),
+            downsample=str(c["downsample"]),
+            block=str(c["block"]),
+            expansion=int(c.get("expansion", 1)),
+            se=bool(c["se"]),
+            acts=tuple(bool(c[f"act_before_{i}"]) for i in range(1, N_POSITIONS + 1)),
+            norms=tuple(bool(c[f"norm_after_{i}"]) for i in range(1, N_POSITIONS + 1)),
+            act_layer=get_act_layer(str(act)),
+            norm_layer=LayerNorm2d if norm == "layernorm" else nn.BatchNorm2d,
+        )
+
+
+def _sepconv_sequence(
+    widths: Sequence[tuple[int, int]], design: Design, kernel_size: int, last_stride: int = 1
+) -> nn.Sequential:
+    """Separable convs with the configured activations in front and norms behind."""
+    layers: list[nn.Module] = []
+    for i, (cin, cout) in enumerate(widths):
+        if design.acts[i]:
+            layers.append(design.act_layer())
+        stride = last_stride if i == len(widths) - 1 else 1
+        layers.append(SeparableConv2d(cin, cout, kernel_size, stride=stride))
+        if design.norms[i]:
+            layers.append(design.norm_layer(cout))
+    return nn.Sequential(*layers)
+
+
+def _squeeze_excite(channels: int, design: Design) -> nn.Module:
+    # rd_ratio 1/16 (timm's SEModule default) gives the paper's parameter counts (Table 3).
+    return SEModule(channels, rd_ratio=1 / 16, act_layer=design.act_layer) if design.se else nn.Identity()
+
+
+class DownsampleBlock(nn.Module):
+    """Two separable convs, a /2 downsampling, optional SE; 1x1/2 conv + norm shortcut."""
+
+    def __init__(self, in_chs: int, out_chs: int, design: Design, grow_first: bool = True, drop_path: float = 0.0):
+        super().__init__()
+        mid = out_chs if grow_first else in_chs
+        conv_stride = 2 if design.downsample == "conv" else 1
+        self.convs = _sepconv_sequence([(in_chs, mid), (mid, out_chs)], design, design.kernel_size, conv_stride)
+        if design.downsample == "maxpool":
+            self.pool = nn.MaxPool2d(3, stride=2, padding=1)
+        elif design.downsample == "blurpool":
+            self.pool = nn.Sequential(nn.MaxPool2d(3, stride=1, padding=1), BlurPool2d(out_chs, filt_size=3, stride=2))
+        else:
+            self.pool = nn.Identity()
+        self.se = _squeeze_excite(out_chs, design)
+        self.shortcut = nn.Sequential(nn.Conv2d(in_chs, out_chs, 1, stride=2, bias=False), design.norm_layer(out_chs))
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.shortcut(x) + self.drop_path(self.se(self.pool(self.convs(x))))
+
+
+class MiddleBlock(nn.Module):
+    """Xception block (three C->C separable convs) or inverted bottleneck (C->rC->C->C); identity shortcut."""
+
+    def __init__(self, chs: int, design: Design, drop_path: float = 0.0):
+        super().__init__()
+        if design.block == "bottleneck":
+            wide = chs * design.expansion
+            widths = [(chs, wide), (wide, chs), (chs, chs)]
+        else:
+            widths = [(chs, chs)] * 3
+        self.convs = _sepconv_sequence(widths, design, design.kernel_size)
+        self.se = _squeeze_excite(chs, design)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.drop_path(self.se(self.convs(x)))
+
+
+def _stem(in_chans: int, width: int, design: Design) -> nn.Sequential:
+    if design.stem == "patch":  # 'soft' patchify: 2x2/2 conv, activation, norm (paper sec. 4, NEXcepTion-T)
+        return nn.Sequential(nn.Conv2d(in_chans, width, 2, stride=2), design.act_layer(), design.norm_layer(width))
+    half = make_divisible(width // 2, 8)
+    return nn.Sequential(  # Xception: 3x3/2 conv, 3x3 conv, each with norm and activation
+        nn.Conv2d(in_chans, half, 3, stride=2, padding=1, bias=False), design.norm_layer(half), design.act_layer(),
+        nn.Conv2d(half, width, 3, padding=1, bias=False), design.norm_layer(width), design.act_layer(),
+    )
+
+
+class NexNet(nn.Module):
+    """A network of the NEXcepTion design space; timm-compatible model class."""
+
+    def __init__(
+        self,
+        config: Mapping[str, Any],
+        layout: str | Layout = "proxy",
+        num_classes: int | None = None,
+        in_chans: int = 3,
+        width: float = 1.0,
+        depth: int | Sequence[int] | None = None,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        global_pool: str = "avg",
+        **kwargs: Any,
+    ):
+        super().__init__()
+        design = Design.from_config(config)  # raises ValueError before any layer is built
+        if isinstance(layout, str):
+            if layout not in LAYOUTS:
+                raise ValueError(f"unknown layout '{layout}': choose one of {', '.join(LAYOUTS)}")
+            layout = LAYOUTS[layout]
+        if width <= 0:
+            raise ValueError(f"width multiplier must be positive, got {width}")
+        self.config = dict(config)
+        self.layout = layout
+        self.num_classes = layout.num_classes if num_classes is None else int(num_classes)
+        self.drop_rate = drop_rate
+        self.grad_checkpointing = False
+        scale = (lambda c: make_divisible(c * width, 8)) if width != 1.0 else (lambda c: c)
+
+        if layout.kind == "pyramid":
+            depths = tuple(depth) if isinstance(depth, Sequence) else layout.depths
+            dims = [scale(d) for d in layout.dims]
+            dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+            self.stem = nn.Sequential(nn.Conv2d(in_chans, dims[0], 4, stride=4), design.norm_layer(dims[0]))
+            stages, k = [], 0
+            for i, (d, dim) in enumerate(zip(depths, dims)):
+                layers: list[nn.Module] = []
+                if i > 0:
+                    layers += [design.norm_layer(dims[i - 1]), nn.Conv2d(dims[i - 1], dim, 2, stride=2)]
+                layers += [MiddleBlock(dim, design, dpr[k + j]) for j in range(d)]
+                k += d
+                stages.append(nn.Sequential(*layers))
+            self.stages = nn.Sequential(*stages)
+            self.num_features = dims[-1]
+            self.head = NormMlpClassifierHead(
+                self.num_features, self.num_classes, pool_type=global_pool, drop_rate=drop_rate,
+                norm_layer=design.norm_layer,
+            )
+        else:
+            n_middle = int(depth) if depth is not None else layout.middle_depth
+            stem_w = scale(layout.stem_width)
+            entry = [scale(c) for c in layout.entry_widths]
+            exit_w = [scale(c) for c in layout.exit_widths]
+            n_res = len(entry) + n_middle + 1
+            dpr = torch.linspace(0, drop_path_rate, n_res).tolist()
+            self.stem = _stem(in_chans, stem_w, design)
+            blocks: list[nn.Module] = []
+            cin = stem_w
+            for i, cout in enumerate(entry):
+                blocks.append(DownsampleBlock(cin, cout, design, drop_path=dpr[i]))
+                cin = cout
+            blocks += [MiddleBlock(cin, design, dpr[len(entry) + j]) for j in range(n_middle)]
+            blocks.append(DownsampleBlock(cin, exit_w[0], design, grow_first=False, drop_path=dpr[-1]))
+            # The exit flow's last two separable convs are 3x3 in Xception and in NEXcepTion alike.
+            for a, b in zip(exit_w[:-1], exit_w[1:]):
+                blocks += [SeparableConv2d(a, b, 3), design.norm_layer(b), design.act_layer()]
+            self.stages = nn.Sequential(*blocks)
+            self.num_features = exit_w[-1]
+            self.global_pool, self.fc = create_classifier(self.num_features, self.num_classes, pool_type=global_pool)
+            self.head_drop = nn.Dropout(drop_rate)
+        self.default_cfg = self.pretrained_cfg = model_cfg(layout, self.num_classes, in_chans)
+
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc if self.layout.kind == "pyramid" else self.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str = "avg") -> None:
+        self.num_classes = num_classes
+        if self.layout.kind == "pyramid":
+            self.head.reset(num_classes, global_pool)
+        else:
+            self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stages(self.stem(x))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.layout.kind == "pyramid":
+            return self.head(x, pre_logits=pre_logits)
+        x = self.head_drop(self.global_pool(x))
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def model_cfg(layout: Layout, num_classes: int | None = None, in_chans: int = 3) -> dict[str, Any]:
+    """timm's pretrained_cfg for a layout: input size, normalisation, classifier name."""
+    return {
+        "input_size": (in_chans, layout.input_size, layout.input_size),
+        "num_classes": layout.num_classes if num_classes is None else num_classes,
+        "mean": (0.485, 0.456, 0.406),
+        "std": (0.229, 0.224, 0.225),
+        "crop_pct": 0.95,  # paper table 1: test crop ratio
+        "interpolation": "bicubic",
+        "first_conv": "stem.0",
+        "classifier": "head.fc" if layout.kind == "pyramid" else "fc",
+    }
+
+
+def build_model(config: Mapping[str, Any], layout: str | Layout = "proxy", **kwargs: Any) -> NexNet:
+    """Build the network for ``config`` in ``layout`` (``proxy``, ``t``, ``s``, ``tp``, ``xception``).
+
+    Keyword arguments: ``num_classes``, ``in_chans``, ``width`` (multiplier), ``depth``
+    (middle blocks, or per-stage depths for ``tp``), ``drop_rate``, ``drop_path_rate``.
+    """
+    return NexNet(config, layout, **kwargs)
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def count_macs(model: nn.Module, input_size: int, in_chans: int = 3) -> int:
+    """Multiply-accumulates of one forward pass at ``input_size`` (torch.utils.flop_counter / 2)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(torch.zeros(1, in_chans, input_size, input_size, device=device))
+    model.train(was_training)
+    return counter.get_total_flops() // 2
+
+
+def with_layout(name: str, **changes: Any) -> Layout:
+    """A copy of a named layout with some fields changed (e.g. ``input_size``, ``num_classes``)."""
+    return replace(LAYOUTS[name], **changes)

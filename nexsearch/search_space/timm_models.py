@@ -1,0 +1,73 @@
+"""timm registration: ``timm.create_model("nexception_t")`` and friends after ``import nexsearch``.
+
+Any configuration of the design space is reachable too:
+``timm.create_model("nexsearch_net", config={...}, layout="t")``, where ``config`` is a
+dict of hyperparameters or the path of a JSON file holding one (an export's sidecar works).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+
+from nexsearch.search_space.builder import LAYOUTS, NexNet, model_cfg
+from nexsearch.search_space.presets import MODELS, PRESETS
+
+default_cfgs = generate_default_cfgs(
+    {name: model_cfg(LAYOUTS[layout]) for name, (_, layout) in MODELS.items()}
+    | {"nexsearch_net": model_cfg(LAYOUTS["t"])}
+)
+
+
+def _create(variant: str, pretrained: bool, config: dict[str, Any], layout: str, **kwargs: Any) -> NexNet:
+    if pretrained:
+        raise ValueError(f"no pretrained weights are published for {variant}: train it (see `nexsearch export`)")
+    return build_model_with_cfg(NexNet, variant, pretrained, config=config, layout=layout, **kwargs)
+
+
+def _preset_model(name: str, pretrained: bool, **kwargs: Any) -> NexNet:
+    preset, layout = MODELS[name]
+    return _create(name, pretrained, PRESETS[preset], layout, **kwargs)
+
+
+@register_model
+def nexception_t(pretrained: bool = False, **kwargs: Any) -> NexNet:
+    """NEXcepTion-T: isotropic, 224x224 (paper table 5): 24.5M parameters."""
+    return _preset_model("nexception_t", pretrained, **kwargs)
+
+
+@register_model
+def nexception_s(pretrained: bool = False, **kwargs: Any) -> NexNet:
+    """NEXcepTion-S: isotropic, wider (paper table 6): 43.4M parameters."""
+    return _preset_model("nexception_s", pretrained, **kwargs)
+
+
+@register_model
+def nexception_tp(pretrained: bool = False, **kwargs: Any) -> NexNet:
+    """NEXcepTion-TP: pyramid in ConvNeXt-T's layout (paper table 4): 26.6M parameters."""
+    return _preset_model("nexception_tp", pretrained, **kwargs)
+
+
+@register_model
+def xception_nexsearch(pretrained: bool = False, **kwargs: Any) -> NexNet:
+    """The original Xception (299x299) built from the design space's default configuration."""
+    return _preset_model("xception_nexsearch", pretrained, **kwargs)
+
+
+@register_model
+def nexsearch_net(
+    pretrained: bool = False, config: dict[str, Any] | str | Path | None = None, layout: str = "t", **kwargs: Any
+) -> NexNet:
+    """Any configuration of the design space in any layout (``proxy``, ``t``, ``s``, ``tp``, ``xception``)."""
+    if config is None:
+        raise ValueError("nexsearch_net needs config=: a dict of hyperparameters or a JSON file with one")
+    if isinstance(config, (str, Path)):
+        data = json.loads(Path(config).read_text())
+        config = data.get("config", data)
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout '{layout}': choose one of {', '.join(LAYOUTS)}")
+    kwargs.setdefault("num_classes", LAYOUTS[layout].num_classes)
+    return _create("nexsearch_net", pretrained, dict(config), layout, **kwargs)

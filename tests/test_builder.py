@@ -1,0 +1,108 @@
+import pytest
+import timm
+import torch
+
+import nexsearch  # noqa: F401  (registers the timm models)
+from nexsearch.search_space.builder import LAYOUTS, build_model, count_macs, count_params
+from nexsearch.search_space.presets import preset
+from nexsearch.search_space.space import build_space, to_dict
+
+TINY = dict(width=0.125, num_classes=10)
+
+
+def test_random_configurations_build_and_train_step():
+    space = build_space(seed=0)
+    configs = space.sample_configuration(100)
+    x = torch.randn(2, 3, 32, 32).to(memory_format=torch.channels_last)
+    for cfg in configs:
+        model = build_model(to_dict(cfg), "proxy", **TINY).to(memory_format=torch.channels_last)
+        out = model(x)
+        assert out.shape == (2, 10)
+        out.square().mean().backward()
+        grads = [p.grad for p in model.parameters() if p.requires_grad]
+        assert all(g is not None and torch.isfinite(g).all() for g in grads), to_dict(cfg)
+
+
+def _structure(model):
+    return [(name, type(m).__name__, tuple(p.shape for p in m.parameters(recurse=False))) for name, m in model.named_modules()]
+
+
+ALTERNATIVES = {
+    "kernel_size": 7, "stem": "patch", "downsample": "blurpool", "block": "bottleneck", "se": True,
+    "act_type": "gelu", "norm_type": "layernorm", "act_before_1": False, "act_before_3": False,
+    "norm_after_1": False, "norm_after_3": False,
+}
+
+
+@pytest.mark.parametrize("name", list(ALTERNATIVES))
+def test_one_dimension_changes_the_module(name):
+    base = preset("xception")
+    changed = {**base, name: ALTERNATIVES[name]}
+    if name == "block":
+        changed["expansion"] = 3
+    a, b = build_model(base, "proxy", **TINY), build_model(changed, "proxy", **TINY)
+    assert _structure(a) != _structure(b)
+
+
+def test_expansion_changes_width():
+    cfg = preset("nexception")
+    sizes = [count_params(build_model({**cfg, "expansion": r}, "proxy", **TINY)) for r in (2, 3, 4)]
+    assert sizes[0] < sizes[1] < sizes[2]
+
+
+def test_downsample_conv_has_no_pool_and_same_output():
+    cfg = {**preset("nexception"), "downsample": "conv"}
+    m = build_model(cfg, "proxy", **TINY)
+    assert not any(isinstance(x, (torch.nn.MaxPool2d, timm.layers.BlurPool2d)) for x in m.modules())
+    assert m(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+# Paper table 3 (Xception: 22.9M, the Xception paper's own count).
+PAPER_PARAMS = {"nexception_t": 24.5e6, "nexception_s": 43.4e6, "nexception_tp": 26.6e6, "xception_nexsearch": 22.9e6}
+
+
+@pytest.mark.parametrize("name", list(PAPER_PARAMS))
+def test_full_size_parameter_counts_match_paper(name):
+    model = timm.create_model(name)
+    n = count_params(model)
+    assert abs(n - PAPER_PARAMS[name]) / PAPER_PARAMS[name] < 0.01, n
+
+
+def test_xception_preset_equals_timm_legacy_xception_count():
+    assert count_params(timm.create_model("xception_nexsearch")) == count_params(timm.create_model("legacy_xception"))
+
+
+def test_macs_of_nexception_t():
+    macs = count_macs(timm.create_model("nexception_t"), 224)
+    assert 4.4e9 < macs < 4.8e9  # paper: 4.7 GFLOPs (multiply-accumulates)
+
+
+def test_timm_kwargs_and_shapes():
+    m = timm.create_model("nexception_tp", num_classes=7, drop_path_rate=0.1, width=0.25)
+    assert m.num_classes == 7
+    assert any(isinstance(x, timm.layers.DropPath) for x in m.modules())
+    m.eval()
+    assert m(torch.randn(1, 3, 64, 64)).shape == (1, 7)
+    m.reset_classifier(3)
+    assert m(torch.randn(1, 3, 64, 64)).shape == (1, 3)
+    assert m.pretrained_cfg["input_size"] == (3, 224, 224)
+
+
+def test_timm_generic_entrypoint_and_pretrained_refused():
+    m = timm.create_model("nexsearch_net", config=preset("nexception"), layout="proxy", width=0.125)
+    assert m.num_classes == LAYOUTS["proxy"].num_classes
+    with pytest.raises(ValueError, match="pretrained"):
+        timm.create_model("nexception_t", pretrained=True)
+
+
+def test_invalid_configuration_raises_before_torch(monkeypatch):
+    import nexsearch.search_space.builder as builder
+
+    def boom(*a, **k):
+        raise AssertionError("a layer was built before the configuration was checked")
+
+    monkeypatch.setattr(builder, "SeparableConv2d", boom)
+    with pytest.raises(ValueError, match="'kernel_size'"):
+        build_model({**preset("nexception"), "kernel_size": 11})
+    with pytest.raises(ValueError, match="unknown layout"):
+        build_model(preset("nexception"), "huge")
