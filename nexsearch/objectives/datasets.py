@@ -1,0 +1,199 @@
+"""Datasets for proxy training, held in memory as one uint8 tensor each.
+
+``load_dataset`` returns train / validation / test splits as ``TensorData``: images of shape
+N x C x H x W (uint8) and int64 labels. The validation split is carved from the training set
+(seeded, disjoint); a search scores on it. The test split only reports a final model.
+
+* ``cifar100`` -- torchvision's CIFAR-100 from ``data_dir`` (a folder holding
+  ``cifar-100-python``), downloaded there when the network allows.
+* ``digits`` -- scikit-learn's 1,797 real 8x8 handwritten digits (shipped inside
+  scikit-learn), upsampled to a small RGB square: the offline real dataset.
+* ``synthetic`` -- generated images whose labels are learnable (class templates + noise).
+* ``folder`` -- any torchvision ``ImageFolder`` tree (``data_dir``), resized to ``image_size``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from nexsearch.errors import UserError
+
+DATASETS = ("cifar100", "digits", "synthetic", "folder")
+CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
+
+
+@dataclass
+class TensorData:
+    images: torch.Tensor  # N x C x H x W, uint8
+    labels: torch.Tensor  # N, int64
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def to(self, device: torch.device | str) -> "TensorData":
+        return TensorData(self.images.to(device), self.labels.to(device))
+
+
+@dataclass
+class Splits:
+    name: str
+    train: TensorData
+    val: TensorData
+    test: TensorData | None
+    num_classes: int
+    mean: tuple[float, ...]  # per-channel, on the 0-1 scale, from the training split
+    std: tuple[float, ...]
+
+    @property
+    def image_size(self) -> int:
+        return int(self.train.images.shape[-1])
+
+    def to(self, device: torch.device | str) -> "Splits":
+        return Splits(
+            self.name, self.train.to(device), self.val.to(device),
+            self.test.to(device) if self.test is not None else None, self.num_classes, self.mean, self.std,
+        )
+
+
+def _split(data: TensorData, fraction: float, seed: int) -> tuple[TensorData, TensorData]:
+    """Seeded random split into (rest, held-out): disjoint, covering every sample once."""
+    if not 0.0 < fraction < 1.0:
+        raise UserError(f"validation fraction must be between 0 and 1 (exclusive), got {fraction}")
+    n = len(data)
+    n_held = max(1, int(round(n * fraction)))
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    held, rest = perm[:n_held], perm[n_held:]
+    return TensorData(data.images[rest], data.labels[rest]), TensorData(data.images[held], data.labels[held])
+
+
+def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    out = F.interpolate(images.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return out.round().clamp(0, 255).to(torch.uint8)
+
+
+def _stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    x = images.float().div_(255)
+    return tuple(x.mean(dim=(0, 2, 3)).tolist()), tuple(x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist())
+
+
+def _finish(name: str, train: TensorData, test: TensorData | None, num_classes: int, val_fraction: float, seed: int) -> Splits:
+    train, val = _split(train, val_fraction, seed)
+    mean, std = _stats(train.images)
+    return Splits(name, train, val, test, num_classes, mean, std)
+
+
+def _cifar100(data_dir: Path, download: bool) -> tuple[TensorData, TensorData]:
+    from torchvision.datasets import CIFAR100
+
+    class _CIFAR100(CIFAR100):
+        # torchvision checks md5 sums; a copy re-pickled in the same format is fine too.
+        def _check_integrity(self) -> bool:
+            root = Path(self.root) / self.base_folder
+            return all((root / name).is_file() for name, _ in self.train_list + self.test_list)
+
+    folder = data_dir / "cifar-100-python"
+    if not folder.is_dir():
+        if not download:
+            raise UserError(
+                f"CIFAR-100 not found: {folder} does not exist. Download {CIFAR100_URL}, extract it into "
+                f"{data_dir}, or allow downloading (--download)"
+            )
+        try:
+            CIFAR100(str(data_dir), train=True, download=True)
+        except Exception as exc:  # no network, a proxy, a full disk: say what to do instead
+            raise UserError(
+                f"CIFAR-100 could not be downloaded into {data_dir} ({type(exc).__name__}: {exc}). "
+                f"Fetch {CIFAR100_URL} by hand and extract it there"
+            ) from None
+    try:
+        parts = [_CIFAR100(str(data_dir), train=t, download=False) for t in (True, False)]
+    except Exception as exc:
+        raise UserError(f"{folder} is not a readable CIFAR-100 folder ({type(exc).__name__}: {exc})") from None
+
+    def tensors(ds) -> TensorData:
+        return TensorData(torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous(),
+                          torch.as_tensor(ds.targets, dtype=torch.int64))
+
+    return tensors(parts[0]), tensors(parts[1])
+
+
+def _digits(image_size: int, seed: int) -> tuple[TensorData, TensorData]:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    gray = torch.from_numpy(digits.images).float().mul_(255.0 / 16.0).round().to(torch.uint8)  # N x 8 x 8, 0..16
+    images = _resize(gray[:, None], image_size).expand(-1, 3, -1, -1).contiguous()
+    data = TensorData(images, torch.from_numpy(digits.target).long())
+    return _split(data, 0.2, seed + 1)  # digits ships no test split: hold out 20% for it
+
+
+def synthetic_data(n: int = 2048, num_classes: int = 10, image_size: int = 32, seed: int = 0) -> TensorData:
+    """Images whose class is learnable: a smooth per-class template, shifted, with pixel noise."""
+    g = torch.Generator().manual_seed(seed)
+    low = torch.rand(num_classes, 3, 4, 4, generator=g)
+    templates = F.interpolate(low, size=(image_size, image_size), mode="bilinear", align_corners=False)
+    labels = torch.randint(0, num_classes, (n,), generator=g)
+    shifts = torch.randint(-2, 3, (n, 2), generator=g)
+    imgs = templates[labels]
+    imgs = torch.stack([torch.roll(im, (int(dy), int(dx)), dims=(1, 2)) for im, (dy, dx) in zip(imgs, shifts)])
+    imgs = imgs * 0.7 + 0.3 * torch.rand(imgs.shape, generator=g)
+    return TensorData(imgs.mul(255).round().clamp(0, 255).to(torch.uint8), labels)
+
+
+def _folder(data_dir: Path, image_size: int) -> tuple[TensorData, int]:
+    from torchvision.datasets import ImageFolder
+    from torchvision.transforms.functional import pil_to_tensor, resize
+
+    if not data_dir.is_dir():
+        raise UserError(f"image folder {data_dir} does not exist: pass --data-dir pointing at an ImageFolder tree")
+    try:
+        ds = ImageFolder(str(data_dir))
+    except Exception as exc:
+        raise UserError(f"{data_dir} is not an ImageFolder tree (one sub-folder per class): {exc}") from None
+    images = torch.stack(
+        [pil_to_tensor(resize(ds.loader(path).convert("RGB"), [image_size, image_size], antialias=True))
+         for path, _ in ds.samples]
+    )
+    return TensorData(images, torch.as_tensor(ds.targets, dtype=torch.int64)), len(ds.classes)
+
+
+def load_dataset(
+    name: str,
+    data_dir: str | Path | None = None,
+    *,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    image_size: int | None = None,
+    download: bool = False,
+    synthetic_size: int = 2048,
+    synthetic_classes: int = 10,
+) -> Splits:
+    """Load ``name`` into memory (CPU) and split off a seeded validation set."""
+    if name == "cifar100":
+        base = Path(data_dir) if data_dir else Path("data")
+        train, test = _cifar100(base, download)
+        if image_size:
+            train, test = TensorData(_resize(train.images, image_size), train.labels), TensorData(
+                _resize(test.images, image_size), test.labels)
+        return _finish(name, train, test, 100, val_fraction, seed)
+    if name == "digits":
+        train, test = _digits(image_size or 32, seed)
+        return _finish(name, train, test, 10, val_fraction, seed)
+    if name == "synthetic":
+        size = image_size or 32
+        data = synthetic_data(synthetic_size + synthetic_size // 4, synthetic_classes, size, seed)
+        train, test = _split(data, 0.2, seed + 1)
+        return _finish(name, train, test, synthetic_classes, val_fraction, seed)
+    if name == "folder":
+        if data_dir is None:
+            raise UserError("dataset 'folder' needs --data-dir pointing at an ImageFolder tree")
+        train, classes = _folder(Path(data_dir), image_size or 32)
+        return _finish(name, train, None, classes, val_fraction, seed)
+    raise UserError(f"unknown dataset '{name}': choose one of {', '.join(DATASETS)}")

@@ -1,0 +1,129 @@
+"""SMAC's target function: ``(config, seed, budget) -> cost`` (or a dict of objectives).
+
+SMAC stores the target function's bytecode in its run and, on resume, asks on stdin when it
+changed. So the function SMAC sees, ``target_function``, is one stable line; everything it
+does lives in ``evaluate_trial``, which may change freely.
+
+Each process (the main one, or a Dask worker) is told what to evaluate once through
+``configure(spec)``; the dataset is then loaded once per process and kept on its device.
+
+A trial that fails (out of memory, diverged, crashed, timed out) is written to the trial log
+with its reason and raised to SMAC as ``TrialFailed``, which SMAC records as CRASHED with the
+scenario's finite ``crash_cost``. A successful trial returns its cost(s) plus the trainer's
+record as SMAC's ``additional_info``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from nexsearch.objectives.datasets import Splits, load_dataset
+from nexsearch.objectives.trainer import TrainSettings, resolve_device, train_proxy
+
+# Objective name -> key of the trainer's record. The first objective is always the error.
+OBJECTIVES = {"error": "cost", "latency": "latency_ms", "params": "params", "macs": "macs"}
+
+
+@dataclass
+class ObjectiveSpec:
+    """What a trial evaluates: the data, the training recipe, the objectives, where to log."""
+
+    dataset: str = "cifar100"
+    data_dir: str | None = None
+    download: bool = False
+    val_fraction: float = 0.1
+    data_seed: int = 0
+    image_size: int | None = None
+    train: dict[str, Any] = field(default_factory=dict)  # TrainSettings fields
+    objectives: tuple[str, ...] = ("error",)
+    trials_path: str | None = None  # JSON lines, one per finished trial
+
+    def __post_init__(self) -> None:
+        self.objectives = tuple(self.objectives)
+        bad = [o for o in self.objectives if o not in OBJECTIVES]
+        if bad or not self.objectives or self.objectives[0] != "error":
+            from nexsearch.errors import UserError
+
+            raise UserError(
+                f"objectives must start with 'error' and be drawn from {', '.join(OBJECTIVES)}; got {list(self.objectives)}"
+            )
+
+    @property
+    def settings(self) -> TrainSettings:
+        return TrainSettings.from_dict(self.train)
+
+
+class TrialFailed(RuntimeError):
+    """Raised to SMAC for a failed trial: SMAC records it as CRASHED with the finite crash cost."""
+
+    def __init__(self, record: Mapping[str, Any]):
+        self.record = dict(record)
+        super().__init__(f"{record['status']}: {record['reason']}")
+
+
+_PROCESS: dict[str, Any] = {}
+
+
+def configure(spec: ObjectiveSpec | Mapping[str, Any]) -> ObjectiveSpec:
+    """Set what ``target_function`` evaluates in this process (the data loads on first use)."""
+    if not isinstance(spec, ObjectiveSpec):
+        spec = ObjectiveSpec(**dict(spec))
+    if _PROCESS.get("spec") != spec:
+        _PROCESS.clear()
+        _PROCESS["spec"] = spec
+    return spec
+
+
+def loaded() -> tuple[ObjectiveSpec, Splits]:
+    """This process's spec and its dataset, on the training device (loaded once)."""
+    if "spec" not in _PROCESS:
+        raise RuntimeError("nexsearch.objectives.target.configure(...) was not called in this process")
+    spec: ObjectiveSpec = _PROCESS["spec"]
+    if "splits" not in _PROCESS:
+        device = resolve_device(spec.settings.device)
+        splits = load_dataset(
+            spec.dataset, spec.data_dir, val_fraction=spec.val_fraction, seed=spec.data_seed,
+            image_size=spec.image_size, download=spec.download,
+        )
+        _PROCESS["splits"] = splits.to(device)
+    return spec, _PROCESS["splits"]
+
+
+def append_jsonl(path: str | Path, record: Mapping[str, Any]) -> None:
+    """Append one JSON line under an exclusive lock (safe with several worker processes)."""
+    line = json.dumps(record, default=str) + "\n"
+    with open(path, "a", encoding="utf-8") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            fh.write(line)
+            fh.flush()
+            os.fsync(fh.fileno())
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def evaluate_trial(config: Any, seed: int = 0, budget: float | None = None) -> tuple[Any, dict[str, Any]]:
+    """Train one proxy; log the record; return SMAC's (cost, additional_info) or raise ``TrialFailed``."""
+    spec, splits = loaded()
+    started = time.time()
+    record = train_proxy(dict(config), splits, spec.settings, seed=int(seed), budget=budget)
+    record.update(start_time=started, end_time=time.time(), host=socket.gethostname(), pid=os.getpid())
+    if spec.trials_path:
+        append_jsonl(spec.trials_path, record)
+    if record["status"] != "ok":
+        raise TrialFailed(record)
+    info = {k: v for k, v in record.items() if k != "config"}
+    if len(spec.objectives) == 1:
+        return float(record["cost"]), info
+    return {name: float(record[OBJECTIVES[name]]) for name in spec.objectives}, info
+
+
+def target_function(config, seed: int = 0, budget: float | None = None):
+    return evaluate_trial(config, seed, budget)
