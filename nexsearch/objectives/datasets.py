@@ -98,6 +98,13 @@ def _cifar100(data_dir: Path, download: bool) -> tuple[TensorData, TensorData]:
             root = Path(self.root) / self.base_folder
             return all((root / name).is_file() for name, _ in self.train_list + self.test_list)
 
+        def _load_meta(self) -> None:
+            import pickle
+
+            with open(Path(self.root) / self.base_folder / self.meta["filename"], "rb") as fh:
+                self.classes = pickle.load(fh, encoding="latin1")[self.meta["key"]]
+            self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
+
     folder = data_dir / "cifar-100-python"
     if not folder.is_dir():
         if not download:
