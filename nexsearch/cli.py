@@ -81,7 +81,58 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_bench)
 
 
-VERBS: list[Callable[[argparse._SubParsersAction], None]] = [_add_space, _add_bench]
+def _run(args: argparse.Namespace) -> int:
+    from nexsearch.runners.budget import parse_budget
+    from nexsearch.runners.experiment import load_experiment
+    from nexsearch.runners.search import run_search
+
+    budget = parse_budget(args.budget)
+    overrides = {
+        "dataset": args.dataset, "data_dir": args.data_dir, "device": args.device, "seed": args.seed,
+        "output_dir": args.out, "optimizer": args.optimizer, "min_epochs": args.min_epochs,
+        "max_epochs": args.max_epochs, "objectives": args.objectives, "workers": args.workers,
+        "scheduler": args.scheduler, "download": True if args.download else None,
+    }
+    run_search(load_experiment(args.config, overrides), budget)
+    return 0
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run (or resume) a SMAC search under a wall-clock budget")
+    p.add_argument("--budget", required=True, help="wall-clock budget: 45s, 90m, 12h, 3d, 1d12h")
+    p.add_argument("--config", help="experiment YAML file (default experiments/nexception_cifar100.yaml)")
+    p.add_argument("--out", help="run directory (default runs/<experiment name>); the same one resumes")
+    p.add_argument("--dataset", choices=["cifar100", "digits", "synthetic", "folder"])
+    p.add_argument("--data-dir", help="folder holding cifar-100-python, or an ImageFolder tree")
+    p.add_argument("--download", action="store_true", help="download CIFAR-100 into --data-dir if missing")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--optimizer", help="bo, hyperband, random or parego")
+    p.add_argument("--min-epochs", type=int, help="smallest budget (hyperband)")
+    p.add_argument("--max-epochs", type=int, help="epochs per trial (bo, random, parego); largest budget (hyperband)")
+    p.add_argument("--objectives", help="comma-separated: error[,latency|params|macs]")
+    p.add_argument("--workers", type=int, help="parallel trials through Dask (one process per GPU or CPU slot)")
+    p.add_argument("--scheduler", help="address of an existing Dask scheduler to join (e.g. tcp://host:8786)")
+    p.set_defaults(func=_run)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from nexsearch.runners.status import print_status
+
+    info = print_status(args.run_dir)
+    if args.json:
+        print(json.dumps(info, default=str))
+    return 0
+
+
+def _add_status(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("status", help="progress of a running or finished run, from its files")
+    p.add_argument("run_dir", help="the run directory")
+    p.add_argument("--json", action="store_true", help="also print the status as one JSON object")
+    p.set_defaults(func=_status)
+
+
+VERBS: list[Callable[[argparse._SubParsersAction], None]] = [_add_space, _add_run, _add_status, _add_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -83,8 +83,13 @@ def _stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return tuple(x.mean(dim=(0, 2, 3)).tolist()), tuple(x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist())
 
 
-def _finish(name: str, train: TensorData, test: TensorData | None, num_classes: int, val_fraction: float, seed: int) -> Splits:
+def _finish(name: str, train: TensorData, test: TensorData | None, num_classes: int, val_fraction: float, seed: int,
+            train_subset: int | None = None) -> Splits:
     train, val = _split(train, val_fraction, seed)
+    if train_subset is not None:  # the split leaves the training part in random order: a prefix is a random subset
+        if train_subset < 1:
+            raise UserError(f"train_subset must be a positive number of images, got {train_subset}")
+        train = TensorData(train.images[:train_subset], train.labels[:train_subset])
     mean, std = _stats(train.images)
     return Splits(name, train, val, test, num_classes, mean, std)
 
@@ -181,26 +186,30 @@ def load_dataset(
     download: bool = False,
     synthetic_size: int = 2048,
     synthetic_classes: int = 10,
+    train_subset: int | None = None,
 ) -> Splits:
-    """Load ``name`` into memory (CPU) and split off a seeded validation set."""
+    """Load ``name`` into memory (CPU) and split off a seeded validation set.
+
+    ``train_subset`` keeps only that many (random) training images: a cheaper proxy.
+    """
     if name == "cifar100":
         base = Path(data_dir) if data_dir else Path("data")
         train, test = _cifar100(base, download)
         if image_size:
             train, test = TensorData(_resize(train.images, image_size), train.labels), TensorData(
                 _resize(test.images, image_size), test.labels)
-        return _finish(name, train, test, 100, val_fraction, seed)
+        return _finish(name, train, test, 100, val_fraction, seed, train_subset)
     if name == "digits":
         train, test = _digits(image_size or 32, seed)
-        return _finish(name, train, test, 10, val_fraction, seed)
+        return _finish(name, train, test, 10, val_fraction, seed, train_subset)
     if name == "synthetic":
         size = image_size or 32
         data = synthetic_data(synthetic_size + synthetic_size // 4, synthetic_classes, size, seed)
         train, test = _split(data, 0.2, seed + 1)
-        return _finish(name, train, test, synthetic_classes, val_fraction, seed)
+        return _finish(name, train, test, synthetic_classes, val_fraction, seed, train_subset)
     if name == "folder":
         if data_dir is None:
             raise UserError("dataset 'folder' needs --data-dir pointing at an ImageFolder tree")
         train, classes = _folder(Path(data_dir), image_size or 32)
-        return _finish(name, train, None, classes, val_fraction, seed)
+        return _finish(name, train, None, classes, val_fraction, seed, train_subset)
     raise UserError(f"unknown dataset '{name}': choose one of {', '.join(DATASETS)}")

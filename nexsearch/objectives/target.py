@@ -41,9 +41,11 @@ class ObjectiveSpec:
     val_fraction: float = 0.1
     data_seed: int = 0
     image_size: int | None = None
+    train_subset: int | None = None  # use only this many training images
     train: dict[str, Any] = field(default_factory=dict)  # TrainSettings fields
     objectives: tuple[str, ...] = ("error",)
     trials_path: str | None = None  # JSON lines, one per finished trial
+    deadline: float | None = None  # epoch seconds: trials stop (status timeout) when the search's budget ends
 
     def __post_init__(self) -> None:
         self.objectives = tuple(self.objectives)
@@ -58,6 +60,11 @@ class ObjectiveSpec:
     @property
     def settings(self) -> TrainSettings:
         return TrainSettings.from_dict(self.train)
+
+    @property
+    def data_key(self) -> tuple:
+        return (self.dataset, self.data_dir, self.val_fraction, self.data_seed, self.image_size, self.train_subset,
+                self.train.get("device", "auto"))
 
 
 class TrialFailed(RuntimeError):
@@ -75,9 +82,10 @@ def configure(spec: ObjectiveSpec | Mapping[str, Any]) -> ObjectiveSpec:
     """Set what ``target_function`` evaluates in this process (the data loads on first use)."""
     if not isinstance(spec, ObjectiveSpec):
         spec = ObjectiveSpec(**dict(spec))
-    if _PROCESS.get("spec") != spec:
+    old = _PROCESS.get("spec")
+    if old is None or old.data_key != spec.data_key:
         _PROCESS.clear()
-        _PROCESS["spec"] = spec
+    _PROCESS["spec"] = spec
     return spec
 
 
@@ -90,7 +98,7 @@ def loaded() -> tuple[ObjectiveSpec, Splits]:
         device = resolve_device(spec.settings.device)
         splits = load_dataset(
             spec.dataset, spec.data_dir, val_fraction=spec.val_fraction, seed=spec.data_seed,
-            image_size=spec.image_size, download=spec.download,
+            image_size=spec.image_size, download=spec.download, train_subset=spec.train_subset,
         )
         _PROCESS["splits"] = splits.to(device)
     return spec, _PROCESS["splits"]
@@ -113,7 +121,13 @@ def evaluate_trial(config: Any, seed: int = 0, budget: float | None = None) -> t
     """Train one proxy; log the record; return SMAC's (cost, additional_info) or raise ``TrialFailed``."""
     spec, splits = loaded()
     started = time.time()
-    record = train_proxy(dict(config), splits, spec.settings, seed=int(seed), budget=budget)
+    settings = spec.settings
+    if spec.deadline is not None:
+        left = spec.deadline - started
+        if left <= 0:  # SMAC may hand out one more trial as the budget ends: do not start it
+            raise TrialFailed({"status": "skipped", "reason": "the search's wall-clock budget ended before this trial"})
+        settings.time_limit_s = left if settings.time_limit_s is None else min(settings.time_limit_s, left)
+    record = train_proxy(dict(config), splits, settings, seed=int(seed), budget=budget)
     record.update(start_time=started, end_time=time.time(), host=socket.gethostname(), pid=os.getpid())
     if spec.trials_path:
         append_jsonl(spec.trials_path, record)

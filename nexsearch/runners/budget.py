@@ -1,0 +1,48 @@
+"""Wall-clock budgets written like ``45s``, ``90m``, ``12h``, ``3d`` or ``1d12h``."""
+
+from __future__ import annotations
+
+import re
+
+from nexsearch.errors import UserError
+
+_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+_PART = re.compile(r"(\d+(?:\.\d+)?)([dhms])")
+
+
+def parse_budget(text: str | int | float) -> float:
+    """Seconds in a budget string; a bare number means seconds. Raises ``UserError`` otherwise."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        seconds = float(text)
+    else:
+        s = str(text).strip().lower().replace(" ", "")
+        if re.fullmatch(r"\d+(\.\d+)?", s):
+            seconds = float(s)
+        else:
+            parts = _PART.findall(s)
+            units = [u for _, u in parts]
+            if not parts or "".join(n + u for n, u in parts) != s or len(set(units)) != len(units) or units != sorted(
+                units, key=list(_UNITS).index
+            ):
+                raise UserError(
+                    f"bad budget '{text}': write a duration like 45s, 90m, 12h, 3d or 1d12h (units d, h, m, s, largest first)"
+                )
+            seconds = sum(float(n) * _UNITS[u] for n, u in parts)
+    if seconds <= 0:
+        raise UserError(f"bad budget '{text}': it must be longer than zero")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """``93784`` -> ``1d02h03m04s``; short durations stay short (``42s``, ``3m05s``)."""
+    seconds = max(0, int(round(seconds)))
+    d, rem = divmod(seconds, 86400)
+    h, rem = divmod(rem, 3600)
+    m, s = divmod(rem, 60)
+    if d:
+        return f"{d}d{h:02d}h{m:02d}m{s:02d}s"
+    if h:
+        return f"{h}h{m:02d}m{s:02d}s"
+    if m:
+        return f"{m}m{s:02d}s"
+    return f"{s}s"

@@ -1,0 +1,154 @@
+"""``nexsearch status RUN_DIR``: progress of a running or finished run, read from its files only."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from nexsearch.errors import UserError
+
+SMAC_STATUS = {0: "running", 1: "success", 2: "crashed", 3: "timeout", 4: "memoryout"}
+
+
+def read_json_retry(path: Path, attempts: int = 5) -> dict[str, Any]:
+    """SMAC rewrites its JSON files in place: retry a read that catches one half-written."""
+    for i in range(attempts):
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError:
+            if i == attempts - 1:
+                raise UserError(f"{path} is truncated or corrupt (not valid JSON)") from None
+            time.sleep(0.2)
+    raise AssertionError("unreachable")
+
+
+def find_smac_dir(run_dir: Path) -> Path:
+    run_dir = Path(run_dir)
+    if (run_dir / "runhistory.json").exists():
+        return run_dir
+    candidates = sorted((run_dir / "smac").glob("*/runhistory.json")) if (run_dir / "smac").is_dir() else []
+    if not candidates:
+        raise UserError(f"{run_dir} is not a nexsearch run (no smac/<seed>/runhistory.json): pass a run directory")
+    return candidates[0].parent
+
+
+def load_runhistory(smac_dir: Path) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]], list[str]]:
+    """SMAC's runhistory as (trials, configs by id, objective names)."""
+    rh = read_json_retry(smac_dir / "runhistory.json")
+    scenario = read_json_retry(smac_dir / "scenario.json") if (smac_dir / "scenario.json").exists() else {}
+    objectives = scenario.get("objectives", "cost")
+    objectives = [objectives] if isinstance(objectives, str) else list(objectives)
+    trials = []
+    for i, row in enumerate(rh.get("data", [])):
+        if isinstance(row, dict):
+            trial = dict(row)
+        else:  # older list layout
+            keys = ["config_id", "instance", "seed", "budget", "cost", "time", "cpu_time", "status", "starttime",
+                    "endtime", "additional_info"]
+            trial = dict(zip(keys, row))
+        trial["trial"] = i + 1
+        trial["status_name"] = SMAC_STATUS.get(int(trial["status"]), str(trial["status"]))
+        trials.append(trial)
+    return trials, rh.get("configs", {}), objectives
+
+
+def _union_seconds(intervals: list[tuple[float, float]]) -> float:
+    total, end = 0.0, float("-inf")
+    for a, b in sorted(intervals):
+        if b <= end:
+            continue
+        total += b - max(a, end)
+        end = b
+    return total
+
+
+def _pareto(points: list[tuple[list[float], dict[str, Any]]]) -> list[dict[str, Any]]:
+    front = []
+    for costs, item in points:
+        dominated = any(all(o <= c for o, c in zip(other, costs)) and any(o < c for o, c in zip(other, costs))
+                        for other, _ in points)
+        if not dominated:
+            front.append(item)
+    return front
+
+
+def run_status(run_dir: str | Path) -> dict[str, Any]:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir} does not exist or is not a directory: pass a run directory")
+    smac_dir = find_smac_dir(run_dir)
+    trials, configs, objectives = load_runhistory(smac_dir)
+    state_path = run_dir / "nexsearch.json"
+    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    alive = state.get("status") == "running" and time.time() - state.get("updated_at", 0) < 30
+    if alive and state.get("pid") and state.get("host") == socket.gethostname():
+        try:
+            os.kill(int(state["pid"]), 0)
+        except ProcessLookupError:
+            alive = False
+    done = [t for t in trials if t["status_name"] != "running"]
+    ok = [t for t in done if t["status_name"] == "success"]
+    info: dict[str, Any] = {
+        "run_dir": str(run_dir), "smac_dir": str(smac_dir), "objectives": objectives,
+        "status": state.get("status", "unknown") if alive or state.get("status") != "running" else "stopped (no heartbeat)",
+        "finished": len(ok), "failed": len(done) - len(ok),
+        "running": state.get("running", 0) if alive else 0,
+        "budget_s": state.get("budget_s"), "used_s": state.get("used_s"),
+        "failures": [{"trial": t["trial"], "status": t["status_name"],
+                      "reason": (t.get("additional_info") or {}).get("error", "")} for t in done if t not in ok],
+    }
+    # SMAC's overhead: wall time in which no trial was running.
+    intervals = [(t["starttime"], t["endtime"]) for t in done if t.get("starttime") and t.get("endtime")]
+    if info["used_s"]:
+        busy = _union_seconds(intervals)
+        info["trial_time_s"] = busy
+        info["overhead_s"] = max(0.0, info["used_s"] - busy)
+        info["overhead_frac"] = info["overhead_s"] / info["used_s"]
+
+    def error(t: dict[str, Any]) -> float:
+        return t["cost"][0] if isinstance(t["cost"], list) else t["cost"]
+
+    if ok and len(objectives) == 1:
+        top = max((t["budget"] or 0) for t in ok)
+        best = min((t for t in ok if (t["budget"] or 0) == top), key=error)
+        info["incumbent"] = {"trial": best["trial"], "error": error(best), "budget": best["budget"],
+                             "config": configs.get(str(best["config_id"]), {}), "config_id": best["config_id"]}
+    elif ok:
+        pts = [(t["cost"], {"trial": t["trial"], "costs": dict(zip(objectives, t["cost"])),
+                            "config": configs.get(str(t["config_id"]), {})}) for t in ok]
+        info["pareto_front"] = sorted(_pareto(pts), key=lambda p: p["costs"][objectives[0]])
+    return info
+
+
+def print_status(run_dir: str | Path) -> dict[str, Any]:
+    from rich.console import Console
+    from rich.table import Table
+
+    from nexsearch.runners.budget import format_duration
+
+    info = run_status(run_dir)
+    t = Table(title=f"nexsearch run {info['run_dir']}", show_header=False)
+    t.add_row("status", info["status"])
+    t.add_row("trials finished", str(info["finished"]))
+    t.add_row("trials failed", str(info["failed"]))
+    t.add_row("trials running", str(info["running"]))
+    if "incumbent" in info:
+        t.add_row("incumbent error", f"{info['incumbent']['error']:.4f} (trial {info['incumbent']['trial']})")
+    if "pareto_front" in info:
+        t.add_row("Pareto front", f"{len(info['pareto_front'])} configurations")
+    if info.get("budget_s"):
+        used = info["used_s"] or 0.0
+        t.add_row("budget used", f"{format_duration(used)} of {format_duration(info['budget_s'])}")
+        t.add_row("budget left", format_duration(max(0.0, info["budget_s"] - used)))
+    if "overhead_s" in info:
+        t.add_row("SMAC overhead", f"{format_duration(info['overhead_s'])} ({100 * info['overhead_frac']:.1f}% of wall time"
+                  " with no trial running)")
+    console = Console()
+    console.print(t)
+    for f in info["failures"][-5:]:
+        console.print(f"failed trial {f['trial']} ({f['status']}): {f['reason']}", highlight=False, soft_wrap=True)
+    return info

@@ -1,0 +1,183 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nexsearch.errors import UserError
+from nexsearch.runners.budget import parse_budget
+from nexsearch.runners.experiment import experiment_from_dict
+from nexsearch.runners.status import run_status
+
+CLI = [sys.executable, "-m", "nexsearch.cli"]
+TINY_TRAIN = {"width": 0.125, "batch_size": 32, "lr": 0.005, "throughput_batch": 16, "throughput_iters": 1}
+
+
+def write_experiment(path: Path, **changes) -> Path:
+    exp = {"name": "test", "dataset": "synthetic", "image_size": 16, "train_subset": 512, "download": False, "data_dir": None,
+           "min_epochs": 1, "max_epochs": 2, "initial_design": 3, "retrain_after": 2, "train": dict(TINY_TRAIN)}
+    for key, value in changes.items():
+        if key == "train":
+            exp["train"].update(value)
+        else:
+            exp[key] = value
+    path.write_text(yaml.safe_dump(exp))
+    return path
+
+
+def run_cli(*args, timeout=240):
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def smac_trials(run_dir: Path):
+    return json.loads((run_dir / "smac" / "0" / "runhistory.json").read_text())["data"]
+
+
+@pytest.mark.parametrize("text, seconds", [("45s", 45), ("90m", 5400), ("12h", 43200), ("3d", 259200), ("1d12h", 129600)])
+def test_budgets(text, seconds):
+    assert parse_budget(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["3x", "12h1d", "0s", "", "-5m", "1h1h"])
+def test_bad_budgets(text):
+    with pytest.raises(UserError, match="budget"):
+        parse_budget(text)
+
+
+def test_bad_input_is_one_line_exit_2(tmp_path, capsys):
+    from nexsearch.cli import main
+
+    cfg = write_experiment(tmp_path / "e.yaml")
+    cases = [
+        ["run", "--budget", "3x", "--config", str(cfg)],
+        ["run", "--budget", "10s", "--config", str(tmp_path / "missing.yaml")],
+        ["run", "--budget", "10s", "--config", str(cfg), "--optimizer", "annealing"],
+        ["run", "--budget", "10s", "--config", str(cfg), "--objectives", "latency"],
+        ["status", str(tmp_path / "nowhere")],
+        ["status", str(tmp_path)],
+    ]
+    for args in cases:
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("nexsearch: "), (args, err)
+    assert not any(tmp_path.glob("runs*"))  # nothing was written
+    out = run_cli(*cases[0])  # and as a process: exit status 2, one line, no traceback
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+
+
+def test_unknown_setting_in_experiment_file():
+    with pytest.raises(UserError, match="unknown setting"):
+        experiment_from_dict({"nmae": "typo"})
+    with pytest.raises(UserError, match="unknown training setting"):
+        experiment_from_dict({"train": {"learning_rate": 1}})
+
+
+def test_short_search_writes_a_valid_run(tmp_path):
+    cfg = write_experiment(tmp_path / "e.yaml")
+    out_dir = tmp_path / "run"
+    out = run_cli("run", "--budget", "15s", "--config", str(cfg), "--out", str(out_dir))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "incumbent" in out.stdout
+    smac_dir = out_dir / "smac" / "0"
+    for name in ("runhistory.json", "configspace.json", "scenario.json", "intensifier.json", "optimization.json"):
+        assert (smac_dir / name).is_file(), name
+    trials = smac_trials(out_dir)
+    ok = [t for t in trials if t["status"] == 1]
+    assert len(ok) >= 3
+    lines = [json.loads(x) for x in (out_dir / "trials.jsonl").read_text().splitlines()]
+    assert len([x for x in lines if x["status"] == "ok"]) == len(ok)
+    assert all(x["curve"] and x["params"] and x["macs"] for x in lines if x["status"] == "ok")
+    assert yaml.safe_load((out_dir / "experiment.yaml").read_text())["dataset"] == "synthetic"
+    state = json.loads((out_dir / "nexsearch.json").read_text())
+    assert state["status"] == "finished" and 15 <= state["used_s"] < 30
+    info = run_status(out_dir)
+    assert info["finished"] == len(ok) and info["incumbent"]["error"] == min(t["cost"] for t in ok)
+    st = run_cli("status", str(out_dir))
+    assert st.returncode == 0 and "SMAC overhead" in st.stdout
+
+    # The same command again: the budget is spent, nothing is overwritten.
+    again = run_cli("run", "--budget", "15s", "--config", str(cfg), "--out", str(out_dir))
+    assert again.returncode == 0 and "budget already spent" in again.stdout
+    assert len(smac_trials(out_dir)) == len(trials)
+    # A changed experiment is refused, naming the change.
+    changed = run_cli("run", "--budget", "50s", "--config", str(cfg), "--out", str(out_dir), "--seed", "4")
+    assert changed.returncode == 2 and "seed: 0 -> 4" in changed.stderr
+
+
+def test_kill_9_then_resume_keeps_finished_trials(tmp_path):
+    cfg = write_experiment(tmp_path / "e.yaml")
+    out_dir = tmp_path / "run"
+    args = [*CLI, "run", "--budget", "30s", "--config", str(cfg), "--out", str(out_dir)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    rh = out_dir / "smac" / "0" / "runhistory.json"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            if len(json.loads(rh.read_text())["data"]) >= 2:
+                break
+        except (FileNotFoundError, json.JSONDecodeError):
+            pass
+        time.sleep(0.5)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = smac_trials(out_dir)
+    assert len(before) >= 2
+    used = json.loads((out_dir / "nexsearch.json").read_text())["used_s"]
+    assert used > 0
+    out = run_cli("run", "--budget", "30s", "--config", str(cfg), "--out", str(out_dir))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "resuming" in out.stdout
+    after = smac_trials(out_dir)
+    key = lambda t: (t["config_id"], t["seed"], t["budget"])  # noqa: E731
+    assert {key(t) for t in before} <= {key(t) for t in after}
+    assert len(after) > len(before)
+    state = json.loads((out_dir / "nexsearch.json").read_text())
+    assert len(state["sessions"]) == 2 and state["used_s"] >= 30
+
+
+def test_always_crashing_configuration_does_not_stop_the_run(tmp_path):
+    cfg = write_experiment(tmp_path / "e.yaml", max_epochs=1, train={"lr": 1e30})
+    out_dir = tmp_path / "run"
+    out = run_cli("run", "--budget", "8s", "--config", str(cfg), "--out", str(out_dir))
+    assert out.returncode == 0, out.stderr[-3000:]
+    trials = smac_trials(out_dir)
+    assert len(trials) >= 3 and all(t["status"] == 2 for t in trials)  # CRASHED, first trial included
+    assert all(t["cost"] == 1.0 for t in trials)
+    assert "diverged" in trials[0]["additional_info"]["error"]
+    lines = [json.loads(x) for x in (out_dir / "trials.jsonl").read_text().splitlines()]
+    assert lines[0]["status"] == "diverged" and "non-finite" in lines[0]["reason"]
+    assert "no successful trial" in out.stdout
+
+
+def test_two_local_dask_workers(tmp_path):
+    cfg = write_experiment(tmp_path / "e.yaml", max_epochs=2)
+    out_dir = tmp_path / "run"
+    out = run_cli("run", "--budget", "20s", "--config", str(cfg), "--out", str(out_dir), "--workers", "2")
+    assert out.returncode == 0, out.stderr[-3000:]
+    trials = [t for t in smac_trials(out_dir) if t["status"] == 1]
+    assert len(trials) >= 2
+    spans = sorted((t["starttime"], t["endtime"]) for t in trials)
+    assert any(b[0] < a[1] for a, b in zip(spans, spans[1:])), "no two trials ran at the same time"
+    pids = {json.loads(x)["pid"] for x in (out_dir / "trials.jsonl").read_text().splitlines() if '"pid"' in x}
+    assert len(pids) == 2
+
+
+def test_hyperband_and_random_and_multi_objective(tmp_path):
+    cfg = write_experiment(tmp_path / "e.yaml", min_epochs=1, max_epochs=3)
+    for optimizer, extra in (("hyperband", []), ("random", []), ("parego", ["--objectives", "error,params"])):
+        out_dir = tmp_path / optimizer
+        out = run_cli("run", "--budget", "10s", "--config", str(cfg), "--out", str(out_dir), "--optimizer", optimizer, *extra)
+        assert out.returncode == 0, (optimizer, out.stderr[-3000:])
+        trials = [t for t in smac_trials(out_dir) if t["status"] == 1]
+        assert trials, optimizer
+        if optimizer == "hyperband":
+            assert {t["budget"] for t in trials} <= {1.0, 3.0} and trials[0]["budget"] == 1.0
+        if optimizer == "parego":
+            assert all(len(t["cost"]) == 2 for t in trials)
+            assert "Pareto front" in out.stdout and run_status(out_dir)["pareto_front"]
