@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 STAMP := $(VENV)/.nexsearch-installed
-DEMO_OUT ?= runs/digits-demo
+DEMO_BUDGET ?= 2m
 
 .PHONY: install test demo clean
 
@@ -25,8 +25,10 @@ $(STAMP): pyproject.toml Makefile
 test: install
 	$(PY) -m pytest -q
 
+# A real search on offline data (scikit-learn's digits); every demo gets a fresh run directory.
 demo: install
-	$(VENV)/bin/nexsearch space
+	$(VENV)/bin/nexsearch run --config experiments/digits_demo.yaml --budget $(DEMO_BUDGET) \
+		--out runs/digits-demo-$$(date +%Y%m%d-%H%M%S)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -11,3 +11,22 @@ def space():
     from nexsearch.search_space.space import SPACE
 
     return SPACE
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory):
+    """A small real run (synthetic data, tiny proxies, ~12 s of search) shared by the analysis and export tests."""
+    from rich.console import Console
+
+    from nexsearch.runners.experiment import experiment_from_dict
+    from nexsearch.runners.search import run_search
+
+    out = tmp_path_factory.mktemp("runs") / "small"
+    exp = experiment_from_dict({
+        "name": "small", "dataset": "synthetic", "image_size": 16, "train_subset": 384, "download": False,
+        "data_dir": None, "min_epochs": 1, "max_epochs": 2, "initial_design": 4, "retrain_after": 2,
+        "output_dir": str(out),
+        "train": {"width": 0.125, "batch_size": 32, "lr": 0.005, "throughput_batch": 16, "throughput_iters": 1},
+    })
+    run_search(exp, 12.0, console=Console(quiet=True))
+    return out

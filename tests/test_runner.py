@@ -181,3 +181,41 @@ def test_hyperband_and_random_and_multi_objective(tmp_path):
         if optimizer == "parego":
             assert all(len(t["cost"]) == 2 for t in trials)
             assert "Pareto front" in out.stdout and run_status(out_dir)["pareto_front"]
+
+
+def _die(config, seed: int = 0):
+    os._exit(3)  # a worker process that dies in the middle of a trial (segfault, OOM killer, ...)
+
+
+def test_dead_worker_is_a_crashed_trial_and_is_replaced(tmp_path):
+    import cloudpickle
+    from smac import Scenario
+    from smac.runhistory import StatusType, TrialInfo
+    from smac.runner import TargetFunctionRunner
+
+    from nexsearch.runners.workers import RobustDaskRunner, make_client
+    from nexsearch.search_space.space import SPACE
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    client, cluster = make_client(1, None, str(tmp_path / "dask"))
+    try:
+        scenario = Scenario(SPACE, output_directory=tmp_path / "smac", crash_cost=1.0, deterministic=True)
+        lost = []
+        runner = RobustDaskRunner(
+            single_worker=TargetFunctionRunner(scenario, _die, required_arguments=["seed"]), dask_client=client,
+            on_lost_trial=lambda info, reason, start: lost.append(reason),
+        )
+        info = TrialInfo(config=SPACE.get_default_configuration(), seed=0)
+        runner.submit_trial(info)
+        runner.wait()
+        results = list(runner.iter_results())
+        assert len(results) == 1 and results[0][0] is info
+        value = results[0][1]
+        assert value.status == StatusType.CRASHED and value.cost == 1.0
+        assert "worker process died" in value.additional_info["error"] and lost
+        assert not runner.is_running()
+        client.wait_for_workers(1, timeout=60)  # the nanny started a replacement
+        assert runner.count_available_workers() == 1
+    finally:
+        client.close()
+        cluster.close()

@@ -23,8 +23,11 @@ default_cfgs = generate_default_cfgs(
 
 
 def _create(variant: str, pretrained: bool, config: dict[str, Any], layout: str, **kwargs: Any) -> NexNet:
-    if pretrained:
-        raise ValueError(f"no pretrained weights are published for {variant}: train it (see `nexsearch export`)")
+    if pretrained and not (kwargs.get("pretrained_cfg_overlay") or {}).get("file"):
+        raise ValueError(
+            f"no pretrained weights are published for {variant}: pass pretrained_cfg_overlay=dict(file=...) "
+            "with an exported .safetensors file, or train it"
+        )
     return build_model_with_cfg(NexNet, variant, pretrained, config=config, layout=layout, **kwargs)
 
 
@@ -59,14 +62,24 @@ def xception_nexsearch(pretrained: bool = False, **kwargs: Any) -> NexNet:
 
 @register_model
 def nexsearch_net(
-    pretrained: bool = False, config: dict[str, Any] | str | Path | None = None, layout: str = "t", **kwargs: Any
+    pretrained: bool = False, config: dict[str, Any] | str | Path | None = None, layout: str | None = None,
+    **kwargs: Any,
 ) -> NexNet:
-    """Any configuration of the design space in any layout (``proxy``, ``t``, ``s``, ``tp``, ``xception``)."""
+    """Any configuration of the design space in any layout (``proxy``, ``t``, ``s``, ``tp``, ``xception``).
+
+    ``config`` is a dict or the path of a JSON file: a bare configuration, or an export's sidecar
+    (whose layout and class count are then used unless given).
+    """
     if config is None:
         raise ValueError("nexsearch_net needs config=: a dict of hyperparameters or a JSON file with one")
-    if isinstance(config, (str, Path)):
+    if isinstance(config, (str, Path)):  # an export's sidecar (config, size, num_classes) or a bare config
         data = json.loads(Path(config).read_text())
-        config = data.get("config", data)
+        if "config" in data:
+            layout = layout or data.get("size")
+            kwargs.setdefault("num_classes", data.get("num_classes"))
+            data = data["config"]
+        config = data
+    layout = layout or "t"
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout '{layout}': choose one of {', '.join(LAYOUTS)}")
     kwargs.setdefault("num_classes", LAYOUTS[layout].num_classes)

@@ -1,0 +1,206 @@
+"""Export a configuration (a run's incumbent, one of its trials, or a preset) as a full ImageNet model.
+
+``export_model`` writes, each under a temporary name and then renamed (never half-written):
+
+* ``NAME.safetensors`` -- the initialised weights;
+* ``NAME.json``        -- the sidecar: configuration, layout (size), input size, class count,
+  parameters, MACs and the source (run directory and trial, or preset);
+* ``NAME.md``          -- a model card with the full-size training command (paper table 1);
+* ``NAME.onnx``        -- with ``onnx=True``.
+
+``load_model(path)`` rebuilds the model from those files. timm reaches them too::
+
+    timm.create_model("nexsearch_net", config="NAME.json", pretrained=True,
+                      pretrained_cfg_overlay=dict(file="NAME.safetensors"))
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nexsearch.errors import UserError
+from nexsearch.search_space.builder import LAYOUTS, NexNet, count_macs, count_params
+from nexsearch.search_space.presets import preset as preset_config
+from nexsearch.search_space.space import DESCRIPTIONS, to_dict, validate
+
+SIZES = ("t", "s", "tp")
+FORMAT = "nexsearch-model/1"
+
+# Paper table 1 (NEXcepTion-S uses lr 1.4e-3 and batch 128).
+RECIPE = {"t": (2e-3, 256), "tp": (2e-3, 256), "s": (1.4e-3, 128), "xception": (2e-3, 256)}
+
+
+def _source_config(run_dir: str | Path | None, preset: str | None, trial: int | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    if (run_dir is None) == (preset is None):
+        raise UserError("export needs either a run directory or --preset NAME (not both)")
+    if preset is not None:
+        return preset_config(preset), {"preset": preset}
+    from nexsearch.runners.status import find_smac_dir, load_runhistory, run_status
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir} does not exist: pass a run directory")
+    if trial is None:
+        info = run_status(run_dir)
+        inc = info.get("incumbent")
+        if inc is None and info.get("pareto_front"):
+            inc = dict(info["pareto_front"][0], error=info["pareto_front"][0]["costs"][info["objectives"][0]])
+        if inc is None:
+            raise UserError(f"{run_dir} has no successful trial yet: nothing to export")
+        return to_dict(validate(inc["config"])), {"run_dir": str(run_dir.resolve()), "trial": inc["trial"],
+                                                   "val_error": inc["error"]}
+    trials, configs, _ = load_runhistory(find_smac_dir(run_dir))
+    match = [t for t in trials if t["trial"] == trial]
+    if not match:
+        raise UserError(f"trial {trial} not found in {run_dir}: it has trials 1..{len(trials)}")
+    t = match[0]
+    if t["status_name"] != "success":
+        raise UserError(f"trial {trial} of {run_dir} did not succeed ({t['status_name']}): pick a successful trial")
+    cost = t["cost"][0] if isinstance(t["cost"], list) else t["cost"]
+    return to_dict(validate(configs[str(t["config_id"])])), {"run_dir": str(run_dir.resolve()), "trial": trial,
+                                                              "val_error": cost}
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def model_card(meta: dict[str, Any], weights: Path) -> str:
+    lr, batch = RECIPE.get(meta["size"], RECIPE["t"])
+    cfg = meta["config"]
+    lines = [
+        f"# {weights.stem}: NEXcepTion design space, layout '{meta['size']}'",
+        "",
+        f"- parameters: {meta['params']:,} ({meta['params'] / 1e6:.2f}M)",
+        f"- multiply-accumulates at {meta['input_size']}x{meta['input_size']}: {meta['macs'] / 1e9:.2f}G",
+        f"- classes: {meta['num_classes']}; input {meta['input_size']}x{meta['input_size']}",
+        f"- source: {json.dumps(meta['source'])}",
+        "",
+        "## Design choices",
+        "",
+    ]
+    lines += [f"- `{k}` = `{v}`: {DESCRIPTIONS.get(k, '')}" for k, v in cfg.items()]
+    lines += [
+        "",
+        "## Training (paper table 1, with timm's train.py)",
+        "",
+        "Add `import nexsearch` at the top of timm's train.py (it registers `nexsearch_net`), then:",
+        "",
+        "```",
+        f"python train.py /path/to/imagenet --model nexsearch_net --model-kwargs config={weights.with_suffix('.json')} \\",
+        f"  --img-size {meta['input_size']} --opt lamb --lr {lr:g} --weight-decay 0.02 --batch-size {batch} \\",
+        "  --epochs 300 --sched cosine --warmup-epochs 5 --min-lr 1e-6 --aa rand-m7-mstd0.5 \\",
+        "  --mixup 0.1 --cutmix 1.0 --reprob 0.0 --smoothing 0.0 --bce-loss --drop-path 0.05 \\",
+        "  --crop-pct 0.95 --amp --channels-last",
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def export_model(
+    run_dir: str | Path | None = None,
+    *,
+    out: str | Path,
+    size: str = "t",
+    preset: str | None = None,
+    trial: int | None = None,
+    onnx: bool = False,
+    num_classes: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Build the full-size model of the chosen configuration and write weights, sidecar, card (and ONNX)."""
+    if size not in SIZES and not (size == "xception" and preset == "xception"):
+        raise UserError(f"unknown size '{size}': choose one of {', '.join(SIZES)}")
+    config, source = _source_config(run_dir, preset, trial)
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise UserError(f"--out must end in .safetensors, got {out.name}")
+    if not out.parent.is_dir():
+        raise UserError(f"cannot write {out}: folder {out.parent} does not exist")
+    if not os.access(out.parent, os.W_OK):
+        raise UserError(f"cannot write {out}: folder {out.parent} is not writable")
+    layout = LAYOUTS[size]
+    torch.manual_seed(seed)
+    model = NexNet(config, size, num_classes=num_classes).eval()
+    meta = {
+        "format": FORMAT,
+        "config": config,
+        "size": size,
+        "input_size": layout.input_size,
+        "num_classes": num_classes,
+        "params": count_params(model),
+        "macs": count_macs(model, layout.input_size),
+        "source": source,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    from safetensors.torch import save_file
+
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    _atomic_write(out, lambda p: save_file(state, str(p), metadata={"format": FORMAT}))
+    sidecar = out.with_suffix(".json")
+    _atomic_write(sidecar, lambda p: p.write_text(json.dumps(meta, indent=2)))
+    card = model_card(meta, out)
+    _atomic_write(out.with_suffix(".md"), lambda p: p.write_text(card))
+    paths = {"weights": str(out), "sidecar": str(sidecar), "card": str(out.with_suffix(".md"))}
+    if onnx:
+        onnx_path = out.with_suffix(".onnx")
+        dummy = torch.zeros(1, 3, layout.input_size, layout.input_size)
+
+        def write_onnx(p: Path) -> None:
+            torch.onnx.export(model, (dummy,), str(p), dynamo=False, input_names=["input"], output_names=["logits"],
+                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17)
+
+        _atomic_write(onnx_path, write_onnx)
+        paths["onnx"] = str(onnx_path)
+    return {**meta, "paths": paths, "card": card}
+
+
+def read_sidecar(path: str | Path) -> tuple[Path, dict[str, Any]]:
+    path = Path(path)
+    weights = path if path.suffix == ".safetensors" else path.with_suffix(".safetensors")
+    sidecar = weights.with_suffix(".json")
+    for p in (weights, sidecar):
+        if not p.is_file():
+            raise UserError(f"model file {p} not found: export writes NAME.safetensors and NAME.json side by side")
+    try:
+        meta = json.loads(sidecar.read_text())
+        validate(meta["config"])
+        meta["size"], meta["num_classes"]
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{sidecar} is not a nexsearch model sidecar ({type(exc).__name__}: {exc})") from None
+    return weights, meta
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> NexNet:
+    """Rebuild an exported model from NAME.safetensors + NAME.json (eval mode)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    weights, meta = read_sidecar(path)
+    model = NexNet(meta["config"], meta["size"], num_classes=meta["num_classes"])
+    try:
+        state = load_file(str(weights), device=str(device))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UserError(f"{weights} is corrupted or not a safetensors file ({exc})") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise UserError(f"{weights} does not match its sidecar {weights.with_suffix('.json')}: "
+                        f"{str(exc).splitlines()[0]}") from None
+    return model.to(device).eval()

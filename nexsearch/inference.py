@@ -1,0 +1,96 @@
+"""``nexsearch bench infer``: inference throughput as the paper's table 3 measured it.
+
+Random input at each model's resolution, eval mode, warm-up batches, then ``reps`` timed
+batches; images/s as mean +- std over the repetitions. On CUDA: batch 256, fp16 autocast,
+channels_last, ``cudnn.benchmark``. On CPU: fp32, channels_last, a batch that fits.
+Exported files, the paper's presets and timm baselines run side by side in one process.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nexsearch.errors import UserError
+
+DEFAULT_MODELS = ("nexception_t", "nexception_tp", "nexception_s", "xception_nexsearch",
+                  "convnext_tiny", "legacy_xception", "resnet50")
+# Paper table 3 throughput ratios (RTX 2080 Ti): ours / baseline.
+PAPER_RATIOS = {("nexception_tp", "convnext_tiny"): 1428 / 1125, ("nexception_t", "legacy_xception"): 965 / 756}
+
+
+def _load(name: str) -> tuple[torch.nn.Module, int]:
+    import timm
+
+    import nexsearch  # noqa: F401  (registers the presets with timm)
+
+    if name.endswith(".safetensors") or name.endswith(".json"):
+        from nexsearch.export import load_model, read_sidecar
+
+        _, meta = read_sidecar(name)
+        return load_model(name), int(meta["input_size"])
+    try:
+        model = timm.create_model(name, pretrained=False)
+    except RuntimeError as exc:
+        raise UserError(f"unknown model '{name}': give a timm model name or an exported .safetensors file ({exc})") from None
+    return model, int(model.pretrained_cfg["input_size"][-1])
+
+
+@torch.no_grad()
+def bench_model(model: torch.nn.Module, input_size: int, device: torch.device, batch: int, reps: int,
+                warmup: int) -> dict[str, float]:
+    model = model.to(device).eval().to(memory_format=torch.channels_last)
+    x = torch.randn(batch, 3, input_size, input_size, device=device).contiguous(memory_format=torch.channels_last)
+    amp = (lambda: torch.autocast("cuda", dtype=torch.float16)) if device.type == "cuda" else nullcontext
+    for _ in range(warmup):
+        with amp():
+            model(x)
+    rates = []
+    for _ in range(reps):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t = time.perf_counter()
+        with amp():
+            model(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        rates.append(batch / (time.perf_counter() - t))
+    return {"mean": statistics.fmean(rates), "std": statistics.stdev(rates) if len(rates) > 1 else 0.0}
+
+
+def bench_infer(models: list[str] | None = None, device: str = "auto", batch: int | None = None, reps: int = 30,
+                warmup: int = 5, input_size: int | None = None) -> dict[str, Any]:
+    from nexsearch.objectives.trainer import resolve_device
+    from nexsearch.search_space.builder import count_params
+
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    batch = batch or (256 if dev.type == "cuda" else 8)
+    if reps < 1 or batch < 1:
+        raise UserError("--reps and --batch must be at least 1")
+    rows = []
+    for name in models or DEFAULT_MODELS:
+        model, size = _load(name)
+        size = input_size or size
+        r = bench_model(model, size, dev, batch, reps, warmup)
+        rows.append({"model": Path(name).stem if name.endswith((".safetensors", ".json")) else name,
+                     "input_size": size, "params": count_params(model), "images_per_s": round(r["mean"], 2),
+                     "std": round(r["std"], 2)})
+        del model
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+    by_name = {r["model"]: r["images_per_s"] for r in rows}
+    ratios = []
+    for (ours, base), paper in PAPER_RATIOS.items():
+        if ours in by_name and base in by_name:
+            ratios.append({"model": ours, "baseline": base, "ratio": round(by_name[ours] / by_name[base], 3),
+                           "paper": round(paper, 2)})
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    precision = "fp16 autocast" if dev.type == "cuda" else "fp32"
+    return {"device": name, "batch": batch, "reps": reps, "precision": precision, "results": rows, "ratios": ratios}
