@@ -199,8 +199,23 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_export)
 
 
-VERBS: list[Callable[[argparse._SubParsersAction], None]] = [_add_space, _add_run, _add_status, _add_export,
-                                                           _add_bench]
+def _analyze(args: argparse.Namespace) -> int:
+    from nexsearch.analysis.report import analyze, print_summary
+
+    print_summary(analyze(args.run_dir, args.out, top=args.top))
+    return 0
+
+
+def _add_analyze(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("analyze", help="trials table, DeepCAVE importances (LPI, fANOVA) and plots of a run")
+    p.add_argument("run_dir", help="the run directory")
+    p.add_argument("--out", help="output folder (default RUN_DIR/analysis)")
+    p.add_argument("--top", type=int, default=5, help="hyperparameters and learning curves to show (default 5)")
+    p.set_defaults(func=_analyze)
+
+
+VERBS: list[Callable[[argparse._SubParsersAction], None]] = [_add_space, _add_run, _add_status, _add_analyze,
+                                                           _add_export, _add_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -61,7 +61,8 @@ def build_space(seed: int | None = None) -> ConfigurationSpace:
     stem = Categorical("stem", ["conv", "patch"], default="conv")
     down = Categorical("downsample", ["maxpool", "conv", "blurpool"], default="maxpool")
     block = Categorical("block", ["xception", "bottleneck"], default="xception")
-    expansion = OrdinalHyperparameter("expansion", [2, 3, 4], default_value=3)
+    # Categorical, not ordinal: DeepCAVE 1.4.1 cannot impute an inactive ordinal hyperparameter.
+    expansion = Categorical("expansion", [2, 3, 4], default=3)
     se = Categorical("se", [False, True], default=False)
     act_type = Categorical("act_type", list(ACTIVATIONS), default="relu")
     norm_type = Categorical("norm_type", list(NORMS), default="batchnorm")
