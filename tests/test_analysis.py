@@ -88,6 +88,12 @@ def test_bad_runs(small_run, tmp_path, capsys):
     shutil.copytree(small_run, trunc)
     rh = trunc / "smac" / "0" / "runhistory.json"
     rh.write_text(rh.read_text()[: len(rh.read_text()) // 2])
+    # a killed run keeps the last complete copy of SMAC's files: analysis reads that one
+    complete = json.loads((rh.parent / ".nexsearch-backup" / "runhistory.json").read_text())["data"]
+    assert len(load_run(trunc).trials) == len(complete)
+    assert main(["analyze", str(trunc), "--out", str(tmp_path / "trunc-report")]) == 0
+    capsys.readouterr()
+    shutil.rmtree(rh.parent / ".nexsearch-backup")  # without it, a truncated file is an error
     failed = tmp_path / "failed"
     shutil.copytree(small_run, failed)
     rh2 = failed / "smac" / "0" / "runhistory.json"

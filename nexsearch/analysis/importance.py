@@ -8,13 +8,16 @@ its budget ``None`` would mean the highest budget only, which nexsearch says out
 
 from __future__ import annotations
 
+import tempfile
 import warnings
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from nexsearch.errors import UserError
+from nexsearch.runners.status import snapshot_smac_dir
 
 if TYPE_CHECKING:
     from nexsearch.analysis.run import Run
@@ -54,9 +57,10 @@ def compute_importance(run: "Run", method: str = "lpi", budget: float | str | No
             f"importance needs at least two successful trials with different errors; {run.path} has {len(ok)}"
         )
     SMAC3v2Run, evaluators = _deepcave()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), tempfile.TemporaryDirectory() as tmp:
         warnings.simplefilter("ignore")
-        dc_run = SMAC3v2Run.from_path(run.smac_dir)
+        # DeepCAVE opens the files by path: give it a consistent copy (the run may be running or killed)
+        dc_run = SMAC3v2Run.from_path(snapshot_smac_dir(run.smac_dir, Path(tmp) / run.smac_dir.name))
         # The cost objective by name: never DeepCAVE's added "Time" objective.
         named = [o for o in dc_run.get_objectives() if o.name == run.objectives[0]]
         objective = named[0] if named else dc_run.get_objectives()[0]
@@ -90,7 +94,6 @@ def compute_importance(run: "Run", method: str = "lpi", budget: float | str | No
     if not frames:
         raise UserError("no budget of this run has two or more evaluated configurations: importance is undefined")
     df = pd.concat(frames, ignore_index=True)
-    df[["importance", "variance"]] = df[["importance", "variance"]].fillna(0.0)
     if not np.isfinite(df[["importance", "variance"]].to_numpy()).all():
         raise UserError("DeepCAVE returned non-finite importances for this run")
     return df.sort_values(["budget", "importance"], ascending=[True, False], key=_sort_key).reset_index(drop=True)

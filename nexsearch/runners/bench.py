@@ -40,7 +40,7 @@ class _Clock(Callback):
 
 
 def bench_smac(n_trials: int = 1000, trial_s: float = 10.0, optimizer: str = "bo", retrain_after: int = 8,
-               initial_design: int = 20, seed: int = 0) -> dict[str, Any]:
+               initial_design: int = 20, seed: int = 0, selector: str = "batched") -> dict[str, Any]:
     import logging
 
     from smac.runner import TargetFunctionRunner
@@ -55,7 +55,7 @@ def bench_smac(n_trials: int = 1000, trial_s: float = 10.0, optimizer: str = "bo
         def factory(scenario, required):
             return TargetFunctionRunner(scenario, fake_target, required_arguments=["seed"])
 
-        smac = _build_smac(exp, Path(tmp), factory, [clock])
+        smac = _build_smac(exp, Path(tmp), factory, [clock], selector=selector)
         start = time.perf_counter()
         smac.optimize()
         total = time.perf_counter() - start
@@ -65,6 +65,7 @@ def bench_smac(n_trials: int = 1000, trial_s: float = 10.0, optimizer: str = "bo
     tail = gaps[-100:] if n >= 100 else gaps
     return {
         "optimizer": optimizer,
+        "selector": selector,
         "n_trials": n,
         "smac_s": round(total, 2),
         "smac_ms_per_trial": round(1000 * total / max(n, 1), 2),

@@ -43,12 +43,15 @@ class ProgressView(Callback):
         return self.used_before_s + time.time() - self.started
 
     def on_start(self, smbo: Any) -> None:
-        rh = smbo.runhistory
-        for key, value in rh.items():
+        # SMAC calls this again whenever the runner re-enters optimize() (after FirstRunCrashedException):
+        # count from scratch and keep a single live display.
+        self.finished = self.failed = 0
+        self.best = None
+        for value in smbo.runhistory.values():
             if value.status == StatusType.RUNNING:
                 continue
             self._count(value.status, value.cost)
-        if self.console.is_terminal:
+        if self.console.is_terminal and self.live is None:
             self.live = Live(self._table(), console=self.console, refresh_per_second=2, transient=False)
             self.live.start()
 

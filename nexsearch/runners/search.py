@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import json
+import logging
 import os
 import socket
 import threading
@@ -28,10 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from smac.callback import Callback
 
 from nexsearch.errors import UserError
 from nexsearch.runners.budget import format_duration
 from nexsearch.runners.experiment import Experiment, read_saved_experiment, save_experiment
+from nexsearch.runners.status import backup_smac_state, repair_smac_state
 
 STATE_FILE = "nexsearch.json"
 TRIALS_FILE = "trials.jsonl"
@@ -131,13 +134,17 @@ def _no_prompt(*_: Any, **__: Any) -> str:
     raise UserError("SMAC found a different scenario in the run directory: resume with the original settings")
 
 
-def _build_smac(exp: Experiment, run_dir: Path, runner_factory, callbacks: list) -> Any:
+def _build_smac(exp: Experiment, run_dir: Path, runner_factory, callbacks: list, selector: str = "batched") -> Any:
     import smac.main.smbo
     from smac import HyperparameterOptimizationFacade, MultiFidelityFacade, RandomFacade, Scenario
     from smac.multi_objective.parego import ParEGO
 
+    from smac.main.config_selector import ConfigSelector
+
+    from nexsearch.runners.selector import BatchedConfigSelector
     from nexsearch.search_space.space import build_space
 
+    selector_cls = BatchedConfigSelector if selector == "batched" else ConfigSelector  # "smac": SMAC's own
     smac.main.smbo.input = _no_prompt  # SMAC asks on stdin when a scenario changed: never block a run on that
     space = build_space(seed=exp.seed)
     crash = exp.crash_cost if not exp.multi_objective else [exp.crash_cost] + [SECONDARY_CRASH_COST] * (
@@ -150,6 +157,10 @@ def _build_smac(exp: Experiment, run_dir: Path, runner_factory, callbacks: list)
         seed=exp.seed,
     )
     _fix_moved_run(scenario)
+    repaired = repair_smac_state(Path(scenario.output_directory))  # a kill -9 in the middle of SMAC's save
+    if repaired:
+        logging.getLogger("nexsearch").warning("restored %s from the last complete copy", ", ".join(repaired))
+    callbacks = [*callbacks, _BackupState()]
     runner = runner_factory(scenario, ["seed", "budget"] if hyperband else ["seed"])
     common: dict[str, Any] = dict(overwrite=False, logging_level=40, callbacks=callbacks)
     if exp.optimizer == "random":
@@ -160,7 +171,7 @@ def _build_smac(exp: Experiment, run_dir: Path, runner_factory, callbacks: list)
         kwargs = dict(
             initial_design=MultiFidelityFacade.get_initial_design(scenario, n_configs=exp.initial_design),
             intensifier=MultiFidelityFacade.get_intensifier(scenario, eta=exp.eta),
-            config_selector=MultiFidelityFacade.get_config_selector(scenario, retrain_after=exp.retrain_after),
+            config_selector=selector_cls(scenario, retrain_after=exp.retrain_after),
         )
     else:
         facade = HyperparameterOptimizationFacade
@@ -168,11 +179,20 @@ def _build_smac(exp: Experiment, run_dir: Path, runner_factory, callbacks: list)
             initial_design=facade.get_initial_design(
                 scenario, n_configs=exp.initial_design, additional_configs=[space.get_default_configuration()]),
             intensifier=facade.get_intensifier(scenario, max_config_calls=1),
-            config_selector=facade.get_config_selector(scenario, retrain_after=exp.retrain_after),
+            config_selector=selector_cls(scenario, retrain_after=exp.retrain_after),
         )
     if exp.multi_objective and exp.optimizer != "random":
         kwargs["multi_objective_algorithm"] = ParEGO(scenario)
     return facade(scenario, runner, **kwargs, **common)
+
+
+class _BackupState(Callback):
+    """Before SMAC rewrites its state files (after this trial), keep a copy of the complete ones."""
+
+    def on_tell_start(self, smbo: Any, info: Any, value: Any) -> None:
+        path = smbo._scenario.output_directory
+        if path is not None and Path(path).is_dir():
+            backup_smac_state(Path(path))
 
 
 def _fix_moved_run(scenario: Any) -> None:
@@ -192,7 +212,6 @@ def run_search(exp: Experiment, budget_s: float, console: Console | None = None)
     from nexsearch.objectives import target
     from nexsearch.runners.progress import ProgressView
 
-    import logging
 
     logging.getLogger("smac").setLevel(logging.ERROR)  # the live view reports progress; SMAC's INFO lines would drown it
     console = console or Console()
@@ -230,15 +249,18 @@ def run_search(exp: Experiment, budget_s: float, console: Console | None = None)
         console.print(f"{'resuming' if resumed else 'starting'} {exp.optimizer} search '{exp.name}' in {run_dir} "
                       f"({format_duration(budget_s - used_before)} left, {exp.workers} worker(s))", highlight=False)
         state.start()
-        status = "interrupted"
+        status, warned = "interrupted", False
         try:
             while True:
                 try:
                     smac.optimize()
                     break
                 except FirstRunCrashedException:
-                    # SMAC 2.4.1 raises when the very first trial crashes, after recording it. Go on.
-                    console.print("the first trial failed (recorded with its reason); the search goes on", highlight=False)
+                    # SMAC 2.4.1 raises while no trial has succeeded yet and one crashes, after recording it. Go on.
+                    if not warned:
+                        console.print("a trial failed before any succeeded (recorded with its reason); the search goes on",
+                                      highlight=False)
+                        warned = True
                     if state.used() >= budget_s:
                         break
             status = "finished" if state.used() >= budget_s else "stopped"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -14,16 +15,75 @@ from nexsearch.errors import UserError
 SMAC_STATUS = {0: "running", 1: "success", 2: "crashed", 3: "timeout", 4: "memoryout"}
 
 
+# SMAC 2.4.1 rewrites these in place (not atomically): a kill during a write leaves one truncated.
+# The runner keeps the last complete copy of each in BACKUP_DIR (runhistory first, so a restored
+# runhistory is never older than the intensifier state beside it).
+SMAC_STATE_FILES = ("runhistory.json", "intensifier.json", "optimization.json")
+BACKUP_DIR = ".nexsearch-backup"
+
+
+def _parses(path: Path) -> bool:
+    try:
+        json.loads(path.read_text())
+        return True
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return False
+
+
 def read_json_retry(path: Path, attempts: int = 5) -> dict[str, Any]:
-    """SMAC rewrites its JSON files in place: retry a read that catches one half-written."""
+    """SMAC rewrites its JSON files in place: retry a read that catches one half-written, then fall
+    back to the runner's last complete copy (a file left truncated by a killed run)."""
     for i in range(attempts):
         try:
             return json.loads(path.read_text())
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError):
             if i == attempts - 1:
+                backup = path.parent / BACKUP_DIR / path.name
+                if _parses(backup):
+                    return json.loads(backup.read_text())
                 raise UserError(f"{path} is truncated or corrupt (not valid JSON)") from None
             time.sleep(0.2)
     raise AssertionError("unreachable")
+
+
+def backup_smac_state(smac_dir: Path) -> None:
+    """Copy SMAC's state files (complete at this point: SMAC saved them after the last trial)."""
+    backup = Path(smac_dir) / BACKUP_DIR
+    backup.mkdir(exist_ok=True)
+    for name in SMAC_STATE_FILES:
+        src = Path(smac_dir) / name
+        if src.exists():
+            tmp = backup / f".{name}.tmp"
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, backup / name)
+
+
+def repair_smac_state(smac_dir: Path) -> list[str]:
+    """When a kill left a SMAC state file truncated, put back the last complete copies -- all of them,
+    so that runhistory and intensifier agree -- and return the names of the truncated files."""
+    smac_dir, backup = Path(smac_dir), Path(smac_dir) / BACKUP_DIR
+    broken = [n for n in SMAC_STATE_FILES if (smac_dir / n).exists() and not _parses(smac_dir / n)]
+    if not broken:
+        return []
+    if not all(_parses(backup / n) for n in SMAC_STATE_FILES if (smac_dir / n).exists()):
+        raise UserError(f"{smac_dir / broken[0]} is truncated and has no complete copy in {backup}: "
+                        "the run cannot be resumed; start a new one with another --out")
+    for name in SMAC_STATE_FILES:
+        if (backup / name).exists():
+            tmp = smac_dir / f".{name}.tmp"
+            shutil.copyfile(backup / name, tmp)
+            os.replace(tmp, smac_dir / name)
+    return broken
+
+
+def snapshot_smac_dir(smac_dir: Path, dest: Path) -> Path:
+    """A consistent, readable copy of SMAC's files for readers that open them by path (DeepCAVE):
+    half-written files are read again, truncated ones replaced by the runner's last complete copy."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for path in sorted(Path(smac_dir).glob("*.json")):
+        (dest / path.name).write_text(json.dumps(read_json_retry(path)))
+    return dest
 
 
 def find_smac_dir(run_dir: Path) -> Path:
