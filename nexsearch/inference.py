@@ -74,8 +74,12 @@ def bench_infer(models: list[str] | None = None, device: str = "auto", batch: in
     batch = batch or (256 if dev.type == "cuda" else 8)
     if reps < 1 or batch < 1:
         raise UserError("--reps and --batch must be at least 1")
-    rows = []
+    rows, exported = [], {}
     for name in models or DEFAULT_MODELS:
+        if name.endswith((".safetensors", ".json")):
+            from nexsearch.export import read_sidecar
+
+            exported[Path(name).stem] = read_sidecar(name)[1].get("size")
         model, size = _load(name)
         size = input_size or size
         r = bench_model(model, size, dev, batch, reps, warmup)
@@ -87,10 +91,14 @@ def bench_infer(models: list[str] | None = None, device: str = "auto", batch: in
             torch.cuda.empty_cache()
     by_name = {r["model"]: r["images_per_s"] for r in rows}
     ratios = []
-    for (ours, base), paper in PAPER_RATIOS.items():
+    pairs = [(ours, base, round(paper, 2)) for (ours, base), paper in PAPER_RATIOS.items()]
+    # an exported model against the baseline of its layout, beside the paper's ratio for that layout
+    pairs += [(stem, base, round(paper, 2)) for stem, size in exported.items()
+              for (ours, base), paper in PAPER_RATIOS.items() if ours == f"nexception_{size}"]
+    for ours, base, paper in pairs:
         if ours in by_name and base in by_name:
             ratios.append({"model": ours, "baseline": base, "ratio": round(by_name[ours] / by_name[base], 3),
-                           "paper": round(paper, 2)})
+                           "paper": paper})
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     precision = "fp16 autocast" if dev.type == "cuda" else "fp32"
     return {"device": name, "batch": batch, "reps": reps, "precision": precision, "results": rows, "ratios": ratios}

@@ -30,6 +30,14 @@ def test_export_incumbent_of_a_run_roundtrips(small_run, tmp_path):
         via_timm = timm.create_model("nexsearch_net", config=str(out.with_suffix(".json")), pretrained=True,
                                      pretrained_cfg_overlay=dict(file=str(out))).eval()
         assert torch.equal(via_timm(x), model(x))
+    assert via_timm.pretrained_cfg["classifier"] == "head.fc" and via_timm.pretrained_cfg["num_classes"] == 1000
+    # fine-tuning on another class count through timm: backbone loaded, classifier fresh
+    ten = timm.create_model("nexsearch_net", config=str(out.with_suffix(".json")), pretrained=True, num_classes=10,
+                            pretrained_cfg_overlay=dict(file=str(out)))
+    assert ten.get_classifier().out_features == 10
+    assert torch.equal(ten.state_dict()["stem.0.weight"], model.state_dict()["stem.0.weight"])
+    xc = timm.create_model("nexsearch_net", config=nexsearch.preset("xception"), layout="xception")
+    assert xc.pretrained_cfg["input_size"] == (3, 299, 299) and xc.pretrained_cfg["classifier"] == "fc"
     assert not list(tmp_path.glob(".*tmp"))  # no temporary files left behind
 
 
@@ -108,3 +116,16 @@ def test_bench_infer_tiny(tmp_path):
     assert names == ["m", "nexception_tp", "resnet50"]
     assert all(r["images_per_s"] > 0 for r in result["results"])
     assert result["results"][0]["params"] == result["results"][1]["params"]
+
+
+def test_bench_infer_cli_ratios_for_exports(tmp_path, capsys):
+    out = tmp_path / "found.safetensors"
+    export_model(preset="nexception", size="tp", out=out)
+    assert main(["bench", "infer", "--models", f"{out},convnext_tiny", "--batch", "1", "--reps", "2",
+                 "--input-size", "64", "--device", "cpu", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [r["model"] for r in result["results"]] == ["found", "convnext_tiny"]
+    (ratio,) = result["ratios"]
+    assert ratio["model"] == "found" and ratio["baseline"] == "convnext_tiny" and ratio["paper"] == 1.27
+    by = {r["model"]: r["images_per_s"] for r in result["results"]}
+    assert ratio["ratio"] == pytest.approx(by["found"] / by["convnext_tiny"], rel=1e-2)

@@ -72,15 +72,19 @@ def nexsearch_net(
     """
     if config is None:
         raise ValueError("nexsearch_net needs config=: a dict of hyperparameters or a JSON file with one")
+    weights_classes = None  # the class count of an export's weights, when config is its sidecar
     if isinstance(config, (str, Path)):  # an export's sidecar (config, size, num_classes) or a bare config
         data = json.loads(Path(config).read_text())
         if "config" in data:
             layout = layout or data.get("size")
-            kwargs.setdefault("num_classes", data.get("num_classes"))
+            weights_classes = data.get("num_classes")
             data = data["config"]
         config = data
     layout = layout or "t"
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout '{layout}': choose one of {', '.join(LAYOUTS)}")
-    kwargs.setdefault("num_classes", LAYOUTS[layout].num_classes)
+    if kwargs.get("num_classes") is None:
+        kwargs["num_classes"] = weights_classes or LAYOUTS[layout].num_classes
+    if not kwargs.get("pretrained_cfg"):  # the registered cfg is layout t's: input size and classifier follow the layout
+        kwargs["pretrained_cfg"] = model_cfg(LAYOUTS[layout], weights_classes)
     return _create("nexsearch_net", pretrained, dict(config), layout, **kwargs)
