@@ -70,11 +70,11 @@ def _bench(args: argparse.Namespace) -> int:
         if args.trials < 1 or args.trial_seconds <= 0:
             raise UserError("--trials must be >= 1 and --trial-seconds > 0")
         result = bench_smac(n_trials=args.trials, trial_s=args.trial_seconds, optimizer=args.optimizer,
-                            retrain_after=args.retrain_after)
+                            retrain_after=args.retrain_after, selector=args.selector)
         if args.json:
             print(json.dumps(result))
         else:
-            print(f"{result['n_trials']} trials of a fake target with SMAC '{args.optimizer}': "
+            print(f"{result['n_trials']} trials of a fake target with SMAC '{args.optimizer}' ({args.selector} selector): "
                   f"{result['smac_s']:.1f} s of SMAC ({result['smac_ms_per_trial']:.0f} ms per trial, "
                   f"{result['smac_ms_per_trial_last_100']:.0f} ms over the last 100)")
             print(f"overhead with {args.trial_seconds:g} s trials: {100 * result['overhead_frac']:.2f}% of wall time")
@@ -99,7 +99,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="benchmarks: train (proxy training speed), smac (SMAC's overhead)")
+    p = sub.add_parser("bench", help="benchmarks: train (proxy training speed), smac (SMAC's overhead), infer (inference throughput)")
     p.add_argument("what", choices=["train", "smac", "infer"],
                    help="train: nexsearch's trainer step against a plain loop; smac: SMAC's overhead per trial; "
                         "infer: inference throughput of exported models, presets and timm baselines")
@@ -114,6 +114,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trial-seconds", type=float, default=10.0, help="smac: duration of a real trial (default 10)")
     p.add_argument("--optimizer", default="bo", choices=["bo", "random"], help="smac: facade (default bo)")
     p.add_argument("--retrain-after", type=int, default=8, help="smac: surrogate retraining frequency (default 8)")
+    p.add_argument("--selector", default="batched", choices=["batched", "smac"],
+                   help="smac: incumbent estimate of nexsearch's batched selector or SMAC's own (default batched)")
     p.add_argument("--models", help="infer: comma-separated timm names and/or exported .safetensors files "
                                     "(default: the presets and convnext_tiny, legacy_xception, resnet50)")
     p.add_argument("--batch", type=int, help="infer: batch size (default 256 on CUDA, 8 on CPU)")
@@ -133,7 +135,7 @@ def _run(args: argparse.Namespace) -> int:
         "dataset": args.dataset, "data_dir": args.data_dir, "device": args.device, "seed": args.seed,
         "output_dir": args.out, "optimizer": args.optimizer, "min_epochs": args.min_epochs,
         "max_epochs": args.max_epochs, "objectives": args.objectives, "workers": args.workers,
-        "scheduler": args.scheduler, "download": True if args.download else None,
+        "scheduler": args.scheduler, "download": args.download,
     }
     run_search(load_experiment(args.config, overrides), budget)
     return 0
@@ -146,7 +148,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="run directory (default runs/<experiment name>); the same one resumes")
     p.add_argument("--dataset", choices=["cifar100", "digits", "synthetic", "folder"])
     p.add_argument("--data-dir", help="folder holding cifar-100-python, or an ImageFolder tree")
-    p.add_argument("--download", action="store_true", help="download CIFAR-100 into --data-dir if missing")
+    p.add_argument("--download", action=argparse.BooleanOptionalAction, default=None,
+                   help="download CIFAR-100 into --data-dir if missing (--no-download: never)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--seed", type=int)
     p.add_argument("--optimizer", help="bo, hyperband, random or parego")
@@ -159,18 +162,19 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from nexsearch.runners.status import print_status
+    from nexsearch.runners.status import print_status, run_status
 
-    info = print_status(args.run_dir)
     if args.json:
-        print(json.dumps(info, default=str))
+        print(json.dumps(run_status(args.run_dir), default=str))
+    else:
+        print_status(args.run_dir)
     return 0
 
 
 def _add_status(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("status", help="progress of a running or finished run, from its files")
     p.add_argument("run_dir", help="the run directory")
-    p.add_argument("--json", action="store_true", help="also print the status as one JSON object")
+    p.add_argument("--json", action="store_true", help="print the status as one JSON object instead of the table")
     p.set_defaults(func=_status)
 
 
@@ -218,10 +222,17 @@ VERBS: list[Callable[[argparse._SubParsersAction], None]] = [_add_space, _add_ru
                                                            _add_export, _add_bench]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line (and exit status 2) like every other mistake."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"nexsearch: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from nexsearch import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="nexsearch", description="Neural architecture search over the NEXcepTion design space with SMAC."
     )
     parser.add_argument("--version", action="version", version=f"nexsearch {__version__}")

@@ -9,6 +9,7 @@ directory, data location) may change between resumes; everything else may not.
 from __future__ import annotations
 
 import dataclasses
+import sysconfig
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
@@ -20,8 +21,18 @@ from nexsearch.objectives.target import OBJECTIVES, ObjectiveSpec
 from nexsearch.objectives.trainer import TrainSettings
 
 OPTIMIZERS = ("bo", "hyperband", "random", "parego")
-EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "experiments"
 DEFAULT_EXPERIMENT = "nexception_cifar100.yaml"
+
+
+def _experiments_dir() -> Path:
+    """experiments/ of a source checkout, else the copy a wheel installs under <prefix>/share/nexsearch."""
+    source = Path(__file__).resolve().parents[2] / "experiments"
+    if (source / DEFAULT_EXPERIMENT).is_file():
+        return source
+    return Path(sysconfig.get_path("data")) / "share" / "nexsearch" / "experiments"
+
+
+EXPERIMENTS_DIR = _experiments_dir()
 
 # May differ between the original run and a resume.
 EXECUTION_FIELDS = ("workers", "scheduler", "device", "output_dir", "data_dir", "download")

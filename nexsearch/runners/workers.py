@@ -41,7 +41,7 @@ class NexsearchWorkerPlugin(WorkerPlugin):
         spec = dict(self.spec, train=dict(self.spec.get("train", {})))
         index = worker.name if isinstance(worker.name, int) else 0
         device = spec["train"].get("device", "auto")
-        if device == "auto" and torch.cuda.is_available():
+        if device in ("auto", "cuda") and torch.cuda.is_available():  # one GPU per worker, round robin
             spec["train"]["device"] = f"cuda:{index % torch.cuda.device_count()}"
         elif device in ("auto", "cpu") and self.n_local_workers:
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.n_local_workers))
