@@ -74,8 +74,9 @@ def _bench(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(result))
         else:
-            print(f"{result['n_trials']} trials of a fake target with SMAC '{args.optimizer}' ({args.selector} selector): "
-                  f"{result['smac_s']:.1f} s of SMAC ({result['smac_ms_per_trial']:.0f} ms per trial, "
+            print(f"{result['n_trials']} trials of a fake target with SMAC '{args.optimizer}' "
+                  f"({args.selector} selector): {result['smac_s']:.1f} s of SMAC "
+                  f"({result['smac_ms_per_trial']:.0f} ms per trial, "
                   f"{result['smac_ms_per_trial_last_100']:.0f} ms over the last 100)")
             print(f"overhead with {args.trial_seconds:g} s trials: {100 * result['overhead_frac']:.2f}% of wall time")
         return 0
@@ -99,7 +100,8 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="benchmarks: train (proxy training speed), smac (SMAC's overhead), infer (inference throughput)")
+    p = sub.add_parser("bench", help="benchmarks: train (proxy training speed), smac (SMAC's overhead), "
+                                     "infer (inference throughput)")
     p.add_argument("what", choices=["train", "smac", "infer"],
                    help="train: nexsearch's trainer step against a plain loop; smac: SMAC's overhead per trial; "
                         "infer: inference throughput of exported models, presets and timm baselines")

@@ -24,21 +24,22 @@ DEFAULT_MODELS = ("nexception_t", "nexception_tp", "nexception_s", "xception_nex
 PAPER_RATIOS = {("nexception_tp", "convnext_tiny"): 1428 / 1125, ("nexception_t", "legacy_xception"): 965 / 756}
 
 
-def _load(name: str) -> tuple[torch.nn.Module, int]:
+def _load(name: str) -> tuple[str, torch.nn.Module, int, str | None]:
+    """(label, model, input size, layout of an exported file -- None for a timm name)."""
     import timm
 
     import nexsearch  # noqa: F401  (registers the presets with timm)
 
-    if name.endswith(".safetensors") or name.endswith(".json"):
+    if name.endswith((".safetensors", ".json")):
         from nexsearch.export import load_model, read_sidecar
 
         _, meta = read_sidecar(name)
-        return load_model(name), int(meta["input_size"])
+        return Path(name).stem, load_model(name), int(meta["input_size"]), meta.get("size")
     try:
         model = timm.create_model(name, pretrained=False)
     except RuntimeError as exc:
         raise UserError(f"unknown model '{name}': give a timm model name or an exported .safetensors file ({exc})") from None
-    return model, int(model.pretrained_cfg["input_size"][-1])
+    return name, model, int(model.pretrained_cfg["input_size"][-1]), None
 
 
 @torch.no_grad()
@@ -76,16 +77,13 @@ def bench_infer(models: list[str] | None = None, device: str = "auto", batch: in
         raise UserError("--reps and --batch must be at least 1")
     rows, exported = [], {}
     for name in models or DEFAULT_MODELS:
-        if name.endswith((".safetensors", ".json")):
-            from nexsearch.export import read_sidecar
-
-            exported[Path(name).stem] = read_sidecar(name)[1].get("size")
-        model, size = _load(name)
+        label, model, size, layout = _load(name)
+        if layout is not None:
+            exported[label] = layout
         size = input_size or size
         r = bench_model(model, size, dev, batch, reps, warmup)
-        rows.append({"model": Path(name).stem if name.endswith((".safetensors", ".json")) else name,
-                     "input_size": size, "params": count_params(model), "images_per_s": round(r["mean"], 2),
-                     "std": round(r["std"], 2)})
+        rows.append({"model": label, "input_size": size, "params": count_params(model),
+                     "images_per_s": round(r["mean"], 2), "std": round(r["std"], 2)})
         del model
         if dev.type == "cuda":
             torch.cuda.empty_cache()

@@ -135,7 +135,8 @@ def test_kill_9_then_resume_keeps_finished_trials(tmp_path):
     rh.write_text(full[: len(full) // 2])
     before = json.loads((rh.parent / ".nexsearch-backup" / "runhistory.json").read_text())["data"]
     assert len(before) >= 1
-    assert run_status(out_dir)["finished"] + run_status(out_dir)["failed"] >= len(before)
+    info = run_status(out_dir)
+    assert info["finished"] + info["failed"] >= len(before)
     used = json.loads((out_dir / "nexsearch.json").read_text())["used_s"]
     assert used > 0
     out = run_cli("run", "--budget", "30s", "--config", str(cfg), "--out", str(out_dir))

@@ -137,9 +137,8 @@ def _no_prompt(*_: Any, **__: Any) -> str:
 def _build_smac(exp: Experiment, run_dir: Path, runner_factory, callbacks: list, selector: str = "batched") -> Any:
     import smac.main.smbo
     from smac import HyperparameterOptimizationFacade, MultiFidelityFacade, RandomFacade, Scenario
-    from smac.multi_objective.parego import ParEGO
-
     from smac.main.config_selector import ConfigSelector
+    from smac.multi_objective.parego import ParEGO
 
     from nexsearch.runners.selector import BatchedConfigSelector
     from nexsearch.search_space.space import build_space
@@ -211,7 +210,6 @@ def run_search(exp: Experiment, budget_s: float, console: Console | None = None)
 
     from nexsearch.objectives import target
     from nexsearch.runners.progress import ProgressView
-
 
     logging.getLogger("smac").setLevel(logging.ERROR)  # the live view reports progress; SMAC's INFO lines would drown it
     console = console or Console()

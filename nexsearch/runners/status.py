@@ -46,16 +46,19 @@ def read_json_retry(path: Path, attempts: int = 5) -> dict[str, Any]:
     raise AssertionError("unreachable")
 
 
+def _copy_atomic(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
 def backup_smac_state(smac_dir: Path) -> None:
     """Copy SMAC's state files (complete at this point: SMAC saved them after the last trial)."""
     backup = Path(smac_dir) / BACKUP_DIR
     backup.mkdir(exist_ok=True)
     for name in SMAC_STATE_FILES:
-        src = Path(smac_dir) / name
-        if src.exists():
-            tmp = backup / f".{name}.tmp"
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, backup / name)
+        if (Path(smac_dir) / name).exists():
+            _copy_atomic(Path(smac_dir) / name, backup / name)
 
 
 def repair_smac_state(smac_dir: Path) -> list[str]:
@@ -70,9 +73,7 @@ def repair_smac_state(smac_dir: Path) -> list[str]:
                         "the run cannot be resumed; start a new one with another --out")
     for name in SMAC_STATE_FILES:
         if (backup / name).exists():
-            tmp = smac_dir / f".{name}.tmp"
-            shutil.copyfile(backup / name, tmp)
-            os.replace(tmp, smac_dir / name)
+            _copy_atomic(backup / name, smac_dir / name)
     return broken
 
 
