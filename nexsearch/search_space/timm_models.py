@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
-from nexsearch.search_space.builder import LAYOUTS, NexNet, model_cfg
+from nexsearch.search_space.layouts import LAYOUTS, model_cfg
 from nexsearch.search_space.presets import MODELS, PRESETS
+
+if TYPE_CHECKING:
+    from nexsearch.search_space.builder import NexNet
 
 default_cfgs = generate_default_cfgs(
     {name: model_cfg(LAYOUTS[layout]) for name, (_, layout) in MODELS.items()}
@@ -28,6 +31,8 @@ def _create(variant: str, pretrained: bool, config: dict[str, Any], layout: str,
             f"no pretrained weights are published for {variant}: pass pretrained_cfg_overlay=dict(file=...) "
             "with an exported .safetensors file, or train it"
         )
+    from nexsearch.search_space.builder import NexNet  # not at import: registration runs inside builder's own import of timm
+
     return build_model_with_cfg(NexNet, variant, pretrained, config=config, layout=layout, **kwargs)
 
 
