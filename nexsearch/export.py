@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from nexsearch.errors import UserError
-from nexsearch.search_space.builder import LAYOUTS, NexNet, count_macs, count_params
+from nexsearch.search_space.builder import LAYOUTS, NexNet, checkpoint_filter_fn, count_macs, count_params
 from nexsearch.search_space.presets import preset as preset_config
 from nexsearch.search_space.space import DESCRIPTIONS, to_dict, validate
 
@@ -199,7 +199,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> NexNet:
     except (SafetensorError, OSError, ValueError) as exc:
         raise UserError(f"{weights} is corrupted or not a safetensors file ({exc})") from None
     try:
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(checkpoint_filter_fn(state, model), strict=True)
     except RuntimeError as exc:
         raise UserError(f"{weights} does not match its sidecar {weights.with_suffix('.json')}: "
                         f"{str(exc).splitlines()[0]}") from None

@@ -110,3 +110,47 @@ def test_invalid_configuration_raises_before_torch(monkeypatch):
         build_model({**preset("nexception"), "kernel_size": 11})
     with pytest.raises(ValueError, match="unknown layout"):
         build_model(preset("nexception"), "huge")
+
+
+@pytest.mark.parametrize("layout", ["proxy", "tp"])
+def test_timm_train_script_hooks(layout):
+    """What timm's train.py calls: grad checkpointing, layer-decay groups, one head with .fc in both layouts."""
+    from timm.models import group_parameters
+
+    m = build_model(preset("nexception"), layout, width=0.125, num_classes=5,
+                    depth=(1, 1, 1, 1) if layout == "tp" else 2)
+    assert m.get_classifier() is m.head.fc and m.pretrained_cfg["classifier"] == "head.fc"
+    x = torch.randn(2, 3, 32, 32)
+    torch.manual_seed(0)
+    plain = m(x).sum()
+    plain.backward()
+    grads = {n: p.grad.clone() for n, p in m.named_parameters()}
+    m.zero_grad()
+    m.set_grad_checkpointing(True)
+    torch.manual_seed(0)
+    ckpt = m(x).sum()
+    ckpt.backward()
+    assert torch.allclose(plain, ckpt, atol=1e-5)
+    for n, p in m.named_parameters():
+        assert torch.allclose(grads[n], p.grad, atol=1e-4), n
+    groups = group_parameters(m, m.group_matcher())
+    assert sum(len(names) for names in groups.values()) == len(list(m.parameters()))
+    assert len(groups) > 2  # stem, several block groups, the head
+    m.reset_classifier(3)
+    assert m(x).shape == (2, 3)
+
+
+def test_depth_of_the_wrong_form_is_refused():
+    with pytest.raises(ValueError, match="per-stage depths"):
+        build_model(preset("nexception"), "tp", depth=2)
+    with pytest.raises(ValueError, match="one middle-flow depth"):
+        build_model(preset("nexception"), "proxy", depth=(1, 2))
+
+
+def test_weights_exported_before_the_unified_head_still_load():
+    from nexsearch.search_space.builder import checkpoint_filter_fn
+
+    m = build_model(preset("xception"), "proxy", width=0.125)
+    old = {(k[len("head."):] if k.startswith("head.fc.") else k): v for k, v in m.state_dict().items()}
+    assert "fc.weight" in old
+    m.load_state_dict(checkpoint_filter_fn(old, m), strict=True)

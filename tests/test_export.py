@@ -37,7 +37,7 @@ def test_export_incumbent_of_a_run_roundtrips(small_run, tmp_path):
     assert ten.get_classifier().out_features == 10
     assert torch.equal(ten.state_dict()["stem.0.weight"], model.state_dict()["stem.0.weight"])
     xc = timm.create_model("nexsearch_net", config=nexsearch.preset("xception"), layout="xception")
-    assert xc.pretrained_cfg["input_size"] == (3, 299, 299) and xc.pretrained_cfg["classifier"] == "fc"
+    assert xc.pretrained_cfg["input_size"] == (3, 299, 299) and xc.pretrained_cfg["classifier"] == "head.fc"
     assert not list(tmp_path.glob(".*tmp"))  # no temporary files left behind
 
 

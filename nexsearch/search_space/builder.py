@@ -24,15 +24,16 @@ import torch
 from torch import nn
 from timm.layers import (
     BlurPool2d,
+    ClassifierHead,
     DropPath,
     LayerNorm2d,
     NormMlpClassifierHead,
     SEModule,
     SeparableConv2d,
-    create_classifier,
     get_act_layer,
     make_divisible,
 )
+from timm.models import checkpoint_seq
 
 from nexsearch.search_space.layouts import LAYOUTS, Layout, model_cfg
 from nexsearch.search_space.space import DEFAULT_ACT, DEFAULT_NORM, N_POSITIONS, validate
@@ -142,8 +143,58 @@ def _stem(in_chans: int, width: int, design: Design) -> nn.Sequential:
     )
 
 
+def _isotropic(
+    layout: Layout, design: Design, in_chans: int, scale: Callable[[int], int], depth: int | None, dpr_max: float
+) -> tuple[nn.Module, nn.Sequential, int]:
+    """Xception's macro structure: stem, downsampling entry blocks, middle flow, exit flow."""
+    if depth is not None and not isinstance(depth, int):
+        raise ValueError(f"layout '{layout.name}' takes one middle-flow depth (an int), got {depth!r}")
+    n_middle = layout.middle_depth if depth is None else depth
+    stem_w = scale(layout.stem_width)
+    entry = [scale(c) for c in layout.entry_widths]
+    exit_w = [scale(c) for c in layout.exit_widths]
+    dpr = torch.linspace(0, dpr_max, len(entry) + n_middle + 1).tolist()
+    blocks: list[nn.Module] = []
+    cin = stem_w
+    for i, cout in enumerate(entry):
+        blocks.append(DownsampleBlock(cin, cout, design, drop_path=dpr[i]))
+        cin = cout
+    blocks += [MiddleBlock(cin, design, dpr[len(entry) + j]) for j in range(n_middle)]
+    blocks.append(DownsampleBlock(cin, exit_w[0], design, grow_first=False, drop_path=dpr[-1]))
+    # The exit flow's last two separable convs are 3x3 in Xception and in NEXcepTion alike.
+    for a, b in zip(exit_w[:-1], exit_w[1:]):
+        blocks += [SeparableConv2d(a, b, 3), design.norm_layer(b), design.act_layer()]
+    return _stem(in_chans, stem_w, design), nn.Sequential(*blocks), exit_w[-1]
+
+
+def _pyramid(
+    layout: Layout, design: Design, in_chans: int, scale: Callable[[int], int], depth: Sequence[int] | None,
+    dpr_max: float,
+) -> tuple[nn.Module, nn.Sequential, int]:
+    """ConvNeXt's macro structure: 4x4 patchify stem, four stages of middle blocks, norm + 2x2/2 conv between."""
+    if depth is not None and (isinstance(depth, int) or len(depth) != len(layout.depths)):
+        raise ValueError(f"layout '{layout.name}' takes {len(layout.depths)} per-stage depths, got {depth!r}")
+    depths = layout.depths if depth is None else tuple(int(d) for d in depth)
+    dims = [scale(d) for d in layout.dims]
+    dpr = torch.linspace(0, dpr_max, sum(depths)).tolist()
+    stages, k = [], 0
+    for i, (d, dim) in enumerate(zip(depths, dims)):
+        layers: list[nn.Module] = []
+        if i > 0:
+            layers += [design.norm_layer(dims[i - 1]), nn.Conv2d(dims[i - 1], dim, 2, stride=2)]
+        layers += [MiddleBlock(dim, design, dpr[k + j]) for j in range(d)]
+        k += d
+        stages.append(nn.Sequential(*layers))
+    stem = nn.Sequential(nn.Conv2d(in_chans, dims[0], 4, stride=4), design.norm_layer(dims[0]))
+    return stem, nn.Sequential(*stages), dims[-1]
+
+
 class NexNet(nn.Module):
-    """A network of the NEXcepTion design space; timm-compatible model class."""
+    """A network of the NEXcepTion design space; timm-compatible model class.
+
+    ``stem`` -> ``stages`` -> ``head`` (with ``head.fc``) in every layout, as in timm's own models:
+    the isotropic layouts end in timm's ``ClassifierHead``, the pyramid in ``NormMlpClassifierHead``.
+    """
 
     def __init__(
         self,
@@ -172,71 +223,54 @@ class NexNet(nn.Module):
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
         scale = (lambda c: make_divisible(c * width, 8)) if width != 1.0 else (lambda c: c)
-
-        if layout.kind == "pyramid":
-            depths = tuple(depth) if isinstance(depth, Sequence) else layout.depths
-            dims = [scale(d) for d in layout.dims]
-            dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
-            self.stem = nn.Sequential(nn.Conv2d(in_chans, dims[0], 4, stride=4), design.norm_layer(dims[0]))
-            stages, k = [], 0
-            for i, (d, dim) in enumerate(zip(depths, dims)):
-                layers: list[nn.Module] = []
-                if i > 0:
-                    layers += [design.norm_layer(dims[i - 1]), nn.Conv2d(dims[i - 1], dim, 2, stride=2)]
-                layers += [MiddleBlock(dim, design, dpr[k + j]) for j in range(d)]
-                k += d
-                stages.append(nn.Sequential(*layers))
-            self.stages = nn.Sequential(*stages)
-            self.num_features = dims[-1]
+        pyramid = layout.kind == "pyramid"
+        self.stem, self.stages, self.num_features = (_pyramid if pyramid else _isotropic)(
+            layout, design, in_chans, scale, depth, drop_path_rate
+        )
+        if pyramid:
             self.head = NormMlpClassifierHead(
                 self.num_features, self.num_classes, pool_type=global_pool, drop_rate=drop_rate,
                 norm_layer=design.norm_layer,
             )
         else:
-            n_middle = int(depth) if depth is not None else layout.middle_depth
-            stem_w = scale(layout.stem_width)
-            entry = [scale(c) for c in layout.entry_widths]
-            exit_w = [scale(c) for c in layout.exit_widths]
-            n_res = len(entry) + n_middle + 1
-            dpr = torch.linspace(0, drop_path_rate, n_res).tolist()
-            self.stem = _stem(in_chans, stem_w, design)
-            blocks: list[nn.Module] = []
-            cin = stem_w
-            for i, cout in enumerate(entry):
-                blocks.append(DownsampleBlock(cin, cout, design, drop_path=dpr[i]))
-                cin = cout
-            blocks += [MiddleBlock(cin, design, dpr[len(entry) + j]) for j in range(n_middle)]
-            blocks.append(DownsampleBlock(cin, exit_w[0], design, grow_first=False, drop_path=dpr[-1]))
-            # The exit flow's last two separable convs are 3x3 in Xception and in NEXcepTion alike.
-            for a, b in zip(exit_w[:-1], exit_w[1:]):
-                blocks += [SeparableConv2d(a, b, 3), design.norm_layer(b), design.act_layer()]
-            self.stages = nn.Sequential(*blocks)
-            self.num_features = exit_w[-1]
-            self.global_pool, self.fc = create_classifier(self.num_features, self.num_classes, pool_type=global_pool)
-            self.head_drop = nn.Dropout(drop_rate)
+            self.head = ClassifierHead(self.num_features, self.num_classes, pool_type=global_pool, drop_rate=drop_rate)
         self.default_cfg = self.pretrained_cfg = model_cfg(layout, self.num_classes, in_chans)
 
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc if self.layout.kind == "pyramid" else self.fc
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """Parameter groups for timm's layer-wise learning-rate decay (``--layer-decay``)."""
+        blocks = r"^stages\.(\d+)" if coarse or self.layout.kind != "pyramid" else r"^stages\.(\d+)\.(\d+)"
+        return {"stem": r"^stem", "blocks": blocks}
 
-    def reset_classifier(self, num_classes: int, global_pool: str = "avg") -> None:
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each stage in the backward pass instead of storing it (timm's ``--grad-checkpointing``)."""
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         self.num_classes = num_classes
-        if self.layout.kind == "pyramid":
-            self.head.reset(num_classes, global_pool)
-        else:
-            self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
+        self.head.reset(num_classes, global_pool)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.stages(self.stem(x))
+        x = self.stem(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self.stages, x)
+        return self.stages(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if self.layout.kind == "pyramid":
-            return self.head(x, pre_logits=pre_logits)
-        x = self.head_drop(self.global_pool(x))
-        return x if pre_logits else self.fc(x)
+        return self.head(x, pre_logits=pre_logits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Weights exported before the head was unified (isotropic ``fc.*``) load as ``head.fc.*``."""
+    return {("head." + k if k.startswith("fc.") else k): v for k, v in state_dict.items()}
 
 
 def build_model(config: Mapping[str, Any], layout: str | Layout = "proxy", **kwargs: Any) -> NexNet:

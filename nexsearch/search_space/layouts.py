@@ -62,5 +62,5 @@ def model_cfg(layout: Layout, num_classes: int | None = None, in_chans: int = 3)
         "crop_pct": 0.95,  # paper table 1: test crop ratio
         "interpolation": "bicubic",
         "first_conv": "stem.0",
-        "classifier": "head.fc" if layout.kind == "pyramid" else "fc",
+        "classifier": "head.fc",
     }

@@ -31,9 +31,12 @@ def _create(variant: str, pretrained: bool, config: dict[str, Any], layout: str,
             f"no pretrained weights are published for {variant}: pass pretrained_cfg_overlay=dict(file=...) "
             "with an exported .safetensors file, or train it"
         )
-    from nexsearch.search_space.builder import NexNet  # not at import: registration runs inside builder's own import of timm
+    # not at import: this registration runs while the builder itself is still importing timm
+    from nexsearch.search_space.builder import NexNet, checkpoint_filter_fn
 
-    return build_model_with_cfg(NexNet, variant, pretrained, config=config, layout=layout, **kwargs)
+    return build_model_with_cfg(
+        NexNet, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, config=config, layout=layout, **kwargs
+    )
 
 
 def _preset_model(name: str, pretrained: bool, **kwargs: Any) -> NexNet:
