@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from nexsearch.search_space.presets import PRESETS, preset
-from nexsearch.search_space.space import build_space, count_configurations, describe, to_dict, validate
+from nexsearch.search_space.space import DIMENSIONS, build_space, count_configurations, describe, to_dict, validate
 
 PAPER_DIMENSIONS = {
     "kernel_size", "stem", "downsample", "block", "expansion", "se", "act_type", "norm_type",
@@ -124,3 +124,15 @@ def test_sampled_configs_roundtrip(space):
         d = to_dict(cfg)
         assert json.loads(json.dumps(d)) == d
         assert to_dict(validate(d)) == d
+
+
+def test_plain_data_description_matches_the_configspace(space):
+    """`nexsearch space` reads the plain-data dimensions (no ConfigSpace import): they say what the built space says."""
+    plain, built = describe(), describe(space)
+    assert {d["name"]: d for d in plain["dimensions"]} == {d["name"]: d for d in built["dimensions"]}
+    assert plain["size"] == built["size"] and plain["upper_bound"] == built["upper_bound"] == int(space.estimate_size())
+    assert list(plain["hyperparameters"]) == [d.name for d in DIMENSIONS]
+    out = subprocess.run([sys.executable, "-c", "import sys; from nexsearch.cli import main; main(['space', '--json']); "
+                          "print('ConfigSpace' in sys.modules, 'torch' in sys.modules)"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "False False"

@@ -1,4 +1,4 @@
-"""The NEXcepTion design space (paper, section 3) as a ConfigSpace ``ConfigurationSpace``.
+"""The NEXcepTion design space (paper, section 3): plain-data dimensions and their ConfigSpace ``ConfigurationSpace``.
 
 Every block of the network is a short sequence of depthwise-separable convolutions
 (three in a middle-flow block, two in a downsampling block). Positions are numbered by
@@ -7,7 +7,8 @@ the convolution they touch: ``act_before_i`` puts an activation in front of conv
 With this numbering Xception is "activation before every conv, norm after every conv"
 and NEXcepTion is "activation before conv 2 only, norm after convs 1 and 2".
 
-Adding a design dimension means adding it here (with its conditions) and reading it in
+Adding a design dimension means adding one ``Dimension`` to ``DIMENSIONS`` here (values,
+default, description, the condition under which it is active) and reading it in
 ``builder.py``; nothing else in nexsearch names hyperparameters.
 """
 
@@ -165,13 +166,13 @@ def validate(values: Mapping[str, Any], space: ConfigurationSpace | None = None)
     """
     from ConfigSpace import Configuration
 
+    dims = {d.name: d for d in dimensions_of(space)}
     space = __getattr__("SPACE") if space is None else space
     if isinstance(values, Configuration):
         values = dict(values)
     if not isinstance(values, Mapping):
         raise ValueError(f"a configuration must be a mapping of hyperparameter names to values, got {type(values).__name__}")
     values = {str(k): _plain(v) for k, v in values.items()}
-    dims = {d.name: d for d in dimensions_of(space)}
     for key, value in values.items():
         if key not in dims:
             raise ValueError(f"unknown hyperparameter '{key}': the design space has {', '.join(dims)}")
