@@ -1,0 +1,1 @@
+"""Runners: SMAC facades, budgets, resume, Dask workers, progress, status."""
