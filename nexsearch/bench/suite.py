@@ -97,8 +97,8 @@ def _headline(name: str, result: dict[str, Any]) -> str:
     if name == "trials":
         rows = ", ".join(f"N={r['workers']}: {r['aggregate_images_per_s']:.0f} images/s ({r['speedup']:.2f}x), "
                          f"{r['trials_per_day']:.0f} trials/day" for r in result["levels"])
-        failed = "".join(f"; N={e['workers']} failed: {e['error']}" for e in result["errors"])
-        return rows + failed
+        failed = [f"N={e['workers']} failed: {e['error']}" for e in result["errors"]]
+        return "; ".join(([rows] if rows else []) + failed)
     return ""
 
 

@@ -75,7 +75,7 @@ def _level(n: int, spec: dict[str, Any], config: dict[str, Any], epochs: int, tr
            timeout_s: float | None) -> dict[str, Any]:
     """Start N Dask workers, load the data in each, run N trials at once, summarise."""
     from nexsearch.objectives.target import evaluate_trial
-    from nexsearch.runners.workers import NexsearchWorkerPlugin, make_client
+    from nexsearch.runners.cluster import NexsearchWorkerPlugin, make_client
 
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="nexsearch-bench-trials-") as tmp:
@@ -137,6 +137,10 @@ def bench_trials(
         raise UserError("bench trials needs --epochs >= 2 (the first is warm-up), --images >= 2 x --batch-size, "
                         "--trial-epochs >= 1 and concurrency levels >= 1")
     dev = resolve_device(device)
+    try:
+        import nexsearch.runners.cluster  # noqa: F401
+    except ImportError as exc:
+        raise UserError(f"bench trials needs Dask ({exc}): pip install dask distributed") from None
     val_fraction = 0.1
     spec = {
         "dataset": "synthetic", "data_dir": None, "download": False, "val_fraction": val_fraction,
