@@ -55,7 +55,7 @@ def _run(args: argparse.Namespace) -> int:
         "dataset": args.dataset, "data_dir": args.data_dir, "device": args.device, "seed": args.seed,
         "output_dir": args.out, "optimizer": args.optimizer, "min_epochs": args.min_epochs,
         "max_epochs": args.max_epochs, "objectives": args.objectives, "workers": args.workers,
-        "scheduler": args.scheduler, "download": args.download,
+        "scheduler": args.scheduler, "download": args.download, "workers_per_gpu": args.workers_per_gpu,
     }
     run_search(load_experiment(args.config, overrides), budget)
     return 0
@@ -76,7 +76,10 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-epochs", type=int, help="smallest budget (hyperband)")
     p.add_argument("--max-epochs", type=int, help="epochs per trial (bo, random, parego); largest budget (hyperband)")
     p.add_argument("--objectives", help="comma-separated: error[,latency|params|macs]")
-    p.add_argument("--workers", type=int, help="parallel trials through Dask (one process per GPU or CPU slot)")
+    p.add_argument("--workers", help="parallel trials through Dask: a number, or auto (#GPUs x --workers-per-gpu, "
+                                     "else one per CPU slot)")
+    p.add_argument("--workers-per-gpu", type=int, help="trials sharing each GPU under --workers auto (default 1; "
+                                                       "pick it with nexsearch bench trials)")
     p.add_argument("--scheduler", help="address of an existing Dask scheduler to join (e.g. tcp://host:8786)")
     p.set_defaults(func=_run)
 

@@ -6,6 +6,7 @@ same measurement everywhere.
 
 from __future__ import annotations
 
+import os
 import resource
 import time
 from collections.abc import Callable
@@ -123,3 +124,24 @@ def time_total(step: Callable[[], Any], device: torch.device, iters: int, warmup
         step()
     sync(device)
     return time.perf_counter() - start
+
+
+def resolve_workers(workers: int | str, workers_per_gpu: int = 1, device: str = "auto") -> int:
+    """The number of parallel trial processes: ``workers`` itself, or for ``auto``
+    #GPUs x ``workers_per_gpu`` when trials train on CUDA (one GPU for ``cuda:N``), else the CPU slots.
+    """
+    if not isinstance(workers_per_gpu, int) or workers_per_gpu < 1:
+        raise UserError(f"workers_per_gpu must be a whole number of at least 1, got {workers_per_gpu!r}")
+    if isinstance(workers, str) and workers.strip().lower() == "auto":
+        uses_cuda = device == "auto" or str(device).startswith("cuda")
+        if uses_cuda and torch.cuda.is_available():
+            gpus = 1 if ":" in str(device) else torch.cuda.device_count()
+            return gpus * workers_per_gpu
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        n = int(workers)
+    except (TypeError, ValueError):
+        raise UserError(f"workers must be a number or 'auto', got {workers!r}") from None
+    if n < 1:
+        raise UserError(f"workers must be at least 1, got {n}")
+    return n

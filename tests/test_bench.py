@@ -190,3 +190,37 @@ def test_bench_suite_quick_writes_every_file(tmp_path):
     table = (out / "summary.md").read_text()
     assert all(f"| {name} |" in table for name in names) and "FAILED" not in table
     assert "[7/7] trials" in proc.stdout
+
+
+@pytest.mark.parametrize("workers, per_gpu, device, gpus, expected", [
+    ("auto", 1, "auto", 4, 4),
+    ("auto", 3, "cuda", 2, 6),
+    ("auto", 2, "cuda:1", 4, 2),  # one named GPU
+    ("auto", 2, "cpu", 4, "slots"),  # training on the CPU: one worker per CPU slot
+    ("auto", 2, "auto", 0, "slots"),  # no GPU
+    (5, 2, "cuda", 2, 5),  # an explicit count stays as given
+    ("3", 1, "auto", 0, 3),
+])
+def test_workers_auto_resolves_from_the_gpu_count(monkeypatch, workers, per_gpu, device, gpus, expected):
+    import os
+
+    from nexsearch.runners.experiment import experiment_from_dict
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    exp = experiment_from_dict({"dataset": "synthetic", "device": device, "workers": workers,
+                                "workers_per_gpu": per_gpu})
+    assert exp.workers == (3 if expected == "slots" else expected)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"workers": "many"}, "workers must be a number or 'auto', got 'many'"),
+    ({"workers": 0}, "workers must be at least 1, got 0"),
+    ({"workers": "auto", "workers_per_gpu": 0}, "workers_per_gpu must be a whole number of at least 1, got 0"),
+])
+def test_bad_worker_counts_are_one_line(changes, message):
+    from nexsearch.runners.experiment import experiment_from_dict
+
+    with pytest.raises(UserError, match=message):
+        experiment_from_dict({"dataset": "synthetic", **changes})
