@@ -224,3 +224,17 @@ def test_bad_worker_counts_are_one_line(changes, message):
 
     with pytest.raises(UserError, match=message):
         experiment_from_dict({"dataset": "synthetic", **changes})
+
+
+def test_fast_mac_count_equals_torchs_flop_counter(space):
+    """The trainer's hook-based MAC count matches FlopCounterMode on every layout and random designs."""
+    from nexsearch.objectives.trainer import count_macs_fast
+    from nexsearch.search_space.builder import count_macs
+
+    configs = [preset("nexception"), preset("xception"), *(dict(c) for c in space.sample_configuration(6))]
+    for i, config in enumerate(configs):
+        for layout, size, kwargs in (("proxy", 32, {"width": 0.25, "depth": 1}), ("t", 64, {}), ("tp", 64, {})):
+            if layout != "proxy" and i % 3:  # full-size layouts for every third design: they are slow to build
+                continue
+            model = build_model(config, layout, num_classes=10, **kwargs)
+            assert count_macs_fast(model, size) == count_macs(model, size), (layout, config)
