@@ -10,6 +10,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 
+from nexsearch.bench import add_bench
 from nexsearch.errors import UserError
 
 
@@ -44,89 +45,6 @@ def _add_space(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_space)
 
 
-def _bench(args: argparse.Namespace) -> int:
-    if args.what == "train":
-        from nexsearch.objectives.bench import bench_train
-        from nexsearch.search_space.presets import preset
-
-        if args.steps < 1 or args.batch_size < 2 or args.width <= 0:
-            raise UserError("--steps must be >= 1, --batch-size >= 2 and --width > 0")
-        result = bench_train(
-            preset(args.preset), steps=args.steps, warmup=args.warmup, batch_size=args.batch_size, width=args.width,
-            device=args.device, workers=args.workers,
-        )
-        if args.json:
-            print(json.dumps(result))
-        else:
-            print(f"device {result['device']}, proxy '{args.preset}' width {args.width}, batch {args.batch_size}, "
-                  f"{args.steps} timed steps")
-            print(f"  nexsearch trainer  {result['nexsearch_images_per_s']:10.1f} images/s")
-            print(f"  plain loop         {result['baseline_images_per_s']:10.1f} images/s")
-            print(f"  ratio              {result['ratio']:10.2f}x")
-        return 0
-    if args.what == "smac":
-        from nexsearch.runners.bench import bench_smac
-
-        if args.trials < 1 or args.trial_seconds <= 0:
-            raise UserError("--trials must be >= 1 and --trial-seconds > 0")
-        result = bench_smac(n_trials=args.trials, trial_s=args.trial_seconds, optimizer=args.optimizer,
-                            retrain_after=args.retrain_after, selector=args.selector)
-        if args.json:
-            print(json.dumps(result))
-        else:
-            print(f"{result['n_trials']} trials of a fake target with SMAC '{args.optimizer}' "
-                  f"({args.selector} selector): {result['smac_s']:.1f} s of SMAC "
-                  f"({result['smac_ms_per_trial']:.0f} ms per trial, "
-                  f"{result['smac_ms_per_trial_last_100']:.0f} ms over the last 100)")
-            print(f"overhead with {args.trial_seconds:g} s trials: {100 * result['overhead_frac']:.2f}% of wall time")
-        return 0
-    if args.what == "infer":
-        from nexsearch.inference import bench_infer
-
-        models = [m.strip() for m in args.models.split(",")] if args.models else None
-        result = bench_infer(models, device=args.device, batch=args.batch, reps=args.reps, warmup=args.warmup,
-                             input_size=args.input_size)
-        if args.json:
-            print(json.dumps(result))
-            return 0
-        print(f"device {result['device']}, batch {result['batch']}, {result['reps']} repetitions, {result['precision']}")
-        for r in result["results"]:
-            print(f"  {r['model']:<24} {r['input_size']:>4}px {r['params'] / 1e6:7.2f}M "
-                  f"{r['images_per_s']:10.1f} +- {r['std']:.1f} images/s")
-        for r in result["ratios"]:
-            print(f"  {r['model']} / {r['baseline']}: {r['ratio']:.2f} (paper, RTX 2080 Ti: {r['paper']:.2f})")
-        return 0
-    raise UserError(f"unknown benchmark '{args.what}'")
-
-
-def _add_bench(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="benchmarks: train (proxy training speed), smac (SMAC's overhead), "
-                                     "infer (inference throughput)")
-    p.add_argument("what", choices=["train", "smac", "infer"],
-                   help="train: nexsearch's trainer step against a plain loop; smac: SMAC's overhead per trial; "
-                        "infer: inference throughput of exported models, presets and timm baselines")
-    p.add_argument("--steps", type=int, default=20, help="timed optimizer steps per method (default 20)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--width", type=float, default=0.125, help="proxy width multiplier (default 0.125)")
-    p.add_argument("--preset", default="nexception", help="configuration to train (default nexception)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the plain loop (default 2)")
-    p.add_argument("--trials", type=int, default=1000, help="smac: trials of the fake target (default 1000)")
-    p.add_argument("--trial-seconds", type=float, default=10.0, help="smac: duration of a real trial (default 10)")
-    p.add_argument("--optimizer", default="bo", choices=["bo", "random"], help="smac: facade (default bo)")
-    p.add_argument("--retrain-after", type=int, default=8, help="smac: surrogate retraining frequency (default 8)")
-    p.add_argument("--selector", default="batched", choices=["batched", "smac"],
-                   help="smac: incumbent estimate of nexsearch's batched selector or SMAC's own (default batched)")
-    p.add_argument("--models", help="infer: comma-separated timm names and/or exported .safetensors files "
-                                    "(default: the presets and convnext_tiny, legacy_xception, resnet50)")
-    p.add_argument("--batch", type=int, help="infer: batch size (default 256 on CUDA, 8 on CPU)")
-    p.add_argument("--reps", type=int, default=30, help="infer: timed repetitions (default 30)")
-    p.add_argument("--input-size", type=int, help="infer: override every model's resolution")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=_bench)
-
-
 def _run(args: argparse.Namespace) -> int:
     from nexsearch.runners.budget import parse_budget
     from nexsearch.runners.experiment import load_experiment
@@ -137,7 +55,7 @@ def _run(args: argparse.Namespace) -> int:
         "dataset": args.dataset, "data_dir": args.data_dir, "device": args.device, "seed": args.seed,
         "output_dir": args.out, "optimizer": args.optimizer, "min_epochs": args.min_epochs,
         "max_epochs": args.max_epochs, "objectives": args.objectives, "workers": args.workers,
-        "scheduler": args.scheduler, "download": args.download,
+        "scheduler": args.scheduler, "download": args.download, "workers_per_gpu": args.workers_per_gpu,
     }
     run_search(load_experiment(args.config, overrides), budget)
     return 0
@@ -158,7 +76,10 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-epochs", type=int, help="smallest budget (hyperband)")
     p.add_argument("--max-epochs", type=int, help="epochs per trial (bo, random, parego); largest budget (hyperband)")
     p.add_argument("--objectives", help="comma-separated: error[,latency|params|macs]")
-    p.add_argument("--workers", type=int, help="parallel trials through Dask (one process per GPU or CPU slot)")
+    p.add_argument("--workers", help="parallel trials through Dask: a number, or auto (#GPUs x --workers-per-gpu, "
+                                     "else one per CPU slot)")
+    p.add_argument("--workers-per-gpu", type=int, help="trials sharing each GPU under --workers auto (default 1; "
+                                                       "pick it with nexsearch bench trials)")
     p.add_argument("--scheduler", help="address of an existing Dask scheduler to join (e.g. tcp://host:8786)")
     p.set_defaults(func=_run)
 
@@ -221,7 +142,7 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
 
 
 VERBS: list[Callable[[argparse._SubParsersAction], None]] = [_add_space, _add_run, _add_status, _add_analyze,
-                                                           _add_export, _add_bench]
+                                                           _add_export, add_bench]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -9,7 +9,7 @@ import nexsearch  # noqa: F401
 from nexsearch.cli import main
 from nexsearch.errors import UserError
 from nexsearch.export import export_model, load_model
-from nexsearch.inference import bench_infer
+from nexsearch.bench.infer import bench_infer
 from nexsearch.runners.status import run_status
 
 
@@ -121,7 +121,7 @@ def test_bench_infer_tiny(tmp_path):
 def test_bench_infer_cli_ratios_for_exports(tmp_path, capsys):
     out = tmp_path / "found.safetensors"
     export_model(preset="nexception", size="tp", out=out)
-    assert main(["bench", "infer", "--models", f"{out},convnext_tiny", "--batch", "1", "--reps", "2",
+    assert main(["bench", "infer", "--models", f"{out},convnext_tiny", "--batch-size", "1", "--reps", "2",
                  "--input-size", "64", "--device", "cpu", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert [r["model"] for r in result["results"]] == ["found", "convnext_tiny"]

@@ -92,7 +92,7 @@ def test_exception_is_contained(synthetic, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("kernel exploded")
 
-    monkeypatch.setattr(trainer, "count_macs", boom)
+    monkeypatch.setattr(trainer, "count_macs_fast", boom)
     r = train_proxy(preset("nexception"), synthetic, TrainSettings(**TINY), seed=0, budget=1)
     assert r["status"] == "crashed" and r["reason"] == "RuntimeError: kernel exploded"
 

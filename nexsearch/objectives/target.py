@@ -42,6 +42,8 @@ class ObjectiveSpec:
     data_seed: int = 0
     image_size: int | None = None
     train_subset: int | None = None  # use only this many training images
+    synthetic_size: int = 2048  # dataset "synthetic": images before the test and validation splits
+    synthetic_classes: int = 10
     train: dict[str, Any] = field(default_factory=dict)  # TrainSettings fields
     objectives: tuple[str, ...] = ("error",)
     trials_path: str | None = None  # JSON lines, one per finished trial
@@ -64,7 +66,7 @@ class ObjectiveSpec:
     @property
     def data_key(self) -> tuple:
         return (self.dataset, self.data_dir, self.val_fraction, self.data_seed, self.image_size, self.train_subset,
-                self.train.get("device", "auto"))
+                self.synthetic_size, self.synthetic_classes, self.train.get("device", "auto"))
 
 
 class TrialFailed(RuntimeError):
@@ -99,6 +101,7 @@ def loaded() -> tuple[ObjectiveSpec, Splits]:
         splits = load_dataset(
             spec.dataset, spec.data_dir, val_fraction=spec.val_fraction, seed=spec.data_seed,
             image_size=spec.image_size, download=spec.download, train_subset=spec.train_subset,
+            synthetic_size=spec.synthetic_size, synthetic_classes=spec.synthetic_classes,
         )
         _PROCESS["splits"] = splits.to(device)
     return spec, _PROCESS["splits"]

@@ -23,7 +23,6 @@ from __future__ import annotations
 import gc
 import math
 import random
-import resource
 import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
@@ -32,9 +31,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from nexsearch.device import (  # noqa: F401  (resolve_device: re-exported for callers of the trainer)
+    autocast, compile_mode, maybe_compile, peak_memory_mb, resolve_device, sync, time_total,
+)
 from nexsearch.errors import UserError
 from nexsearch.objectives.datasets import Splits, TensorData
-from nexsearch.search_space.builder import build_model, count_macs, count_params
+from nexsearch.search_space.builder import build_model, count_params
 from nexsearch.search_space.space import to_dict, validate
 
 STATUSES = ("ok", "timeout", "diverged", "oom", "crashed")
@@ -62,7 +64,9 @@ class TrainSettings:
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     channels_last: bool = True
     amp: bool = True  # bf16 autocast on CUDA
-    compile: bool = False  # torch.compile (~100 s per new architecture on CPU)
+    compile: bool | str = False  # false, default, reduce-overhead, max-autotune: torch.compile's mode (~100 s per
+    # new architecture on CPU; reduce-overhead uses CUDA graphs on CUDA)
+    cudnn_benchmark: bool | str = "auto"  # auto: on (CUDA) for trials of SHORT_TRIAL_EPOCHS epochs or more
     time_limit_s: float | None = None  # per trial, enforced between steps
     eval_batch_size: int = 1024
     throughput_batch: int = 256
@@ -77,6 +81,11 @@ class TrainSettings:
             raise UserError(f"unknown training setting(s) {', '.join(unknown)}: known are {', '.join(sorted(known))}")
         return cls(**dict(values))
 
+    def __post_init__(self) -> None:
+        compile_mode(self.compile)  # a bad mode name -> one-line error
+        if self.cudnn_benchmark not in ("auto", True, False):
+            raise UserError(f"cudnn_benchmark must be auto, true or false, got {self.cudnn_benchmark!r}")
+
 
 def budget_to_epochs(budget: float | None, default: int) -> int:
     """Round a SMAC budget half-up to whole epochs (at least 1); ``None`` -> ``default``."""
@@ -87,21 +96,56 @@ def budget_to_epochs(budget: float | None, default: int) -> int:
     return max(1, int(math.floor(float(budget) + 0.5)))
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device '{name}' asked for, but CUDA is not available here: use --device cpu")
-    return device
+SHORT_TRIAL_EPOCHS = 4  # shorter trials: no cuDNN autotuning (cudnn_benchmark auto), half the throughput batches
+
+
+@torch.no_grad()
+def count_macs_fast(model: torch.nn.Module, input_size: int, in_chans: int = 3) -> int:
+    """``builder.count_macs`` (torch's FlopCounterMode / 2) from shapes seen by forward hooks, ~5x cheaper.
+
+    Counts what FlopCounterMode counts in these networks: convolutions, linear layers and the
+    blur filter of BlurPool (tested equal to ``count_macs`` across the design space).
+    """
+    from timm.layers import BlurPool2d
+
+    total = 0
+
+    def conv(m, inputs, out):
+        nonlocal total
+        total += out.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+
+    def linear(m, inputs, out):
+        nonlocal total
+        total += out.numel() * m.in_features
+
+    def blur(m, inputs, out):
+        nonlocal total
+        total += out.numel() * m.filt_size * m.filt_size
+
+    kinds = ((torch.nn.Conv2d, conv), (torch.nn.Linear, linear), (BlurPool2d, blur))
+    hooks = [mod.register_forward_hook(fn) for mod in model.modules() for cls, fn in kinds if isinstance(mod, cls)]
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        model(torch.zeros(1, in_chans, input_size, input_size, device=device))
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return total
 
 
 class _Diverged(RuntimeError):
     pass
 
 
-class _GpuBatches:
-    """Batch-wise augmentation of a uint8 image tensor on its own device."""
+class DeviceLoader:
+    """Batches of a uint8 image tensor on its own device, augmented batch-wise there (like airbench's loader).
+
+    ``epoch(batch_size)`` yields shuffled, cropped, flipped, normalised batches; ``normalize``
+    prepares evaluation batches without augmentation.
+    """
 
     def __init__(self, data: TensorData, splits: Splits, settings: TrainSettings, generator: torch.Generator):
         self.data, self.settings, self.g = data, settings, generator
@@ -140,13 +184,15 @@ class _GpuBatches:
             yield self.augment(self.data.images[idx]), self.data.labels[idx]
 
 
+_GpuBatches = DeviceLoader  # the former private name
+
+
 def _autocast(device: torch.device, settings: TrainSettings):
-    enabled = settings.amp and device.type == "cuda"
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+    return autocast(device, "bf16" if settings.amp else "fp32")
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, data: TensorData, batches: _GpuBatches, settings: TrainSettings) -> tuple[float, float]:
+def evaluate(model: torch.nn.Module, data: TensorData, batches: DeviceLoader, settings: TrainSettings) -> tuple[float, float]:
     """(mean cross-entropy, top-1 error) on ``data``, without augmentation."""
     model.eval()
     device = data.images.device
@@ -165,34 +211,23 @@ def evaluate(model: torch.nn.Module, data: TensorData, batches: _GpuBatches, set
 
 
 @torch.no_grad()
-def measure_throughput(model: torch.nn.Module, image_size: int, device: torch.device, settings: TrainSettings) -> float:
-    """Inference images/s on ``device``: eval mode, random input, warm-up, then timed batches."""
+def measure_throughput(model: torch.nn.Module, image_size: int, device: torch.device, settings: TrainSettings,
+                       iters: int | None = None) -> float:
+    """Inference images/s on ``device``: eval mode, random input, one warm-up batch, then ``iters`` timed
+    batches (default ``settings.throughput_iters``). The validation pass before it has already run
+    the model in eval mode, so one warm-up batch (for the new batch shape) is enough."""
+    iters = iters or settings.throughput_iters
     model.eval()
     fmt = torch.channels_last if settings.channels_last else torch.contiguous_format
     x = torch.randn(settings.throughput_batch, 3, image_size, image_size, device=device).contiguous(memory_format=fmt)
-    for _ in range(2):
+
+    def forward():
         with _autocast(device, settings):
             model(x)
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(settings.throughput_iters):
-        with _autocast(device, settings):
-            model(x)
-    _sync(device)
-    elapsed = time.perf_counter() - start
+
+    elapsed = time_total(forward, device, iters, warmup=1)
     model.train()
-    return settings.throughput_batch * settings.throughput_iters / max(elapsed, 1e-9)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _peak_memory_mb(device: torch.device) -> tuple[float, str]:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_max_rss"
+    return settings.throughput_batch * iters / max(elapsed, 1e-9)
 
 
 def _seed_everything(seed: int) -> None:
@@ -212,6 +247,9 @@ class _Run:
     macs: int | None = None
     throughput: float | None = None
     train_time_s: float = 0.0
+    setup_s: float | None = None  # build, MAC count, move to device, optimizer: everything before the first step
+    first_epoch_s: float | None = None  # training time of the first epoch (compilation and autotuning included)
+    eval_s: float = 0.0  # validation passes and the throughput measurement
     val_loss: float | None = None
     val_error: float | None = None
 
@@ -243,7 +281,7 @@ def train_proxy(
     except Exception as exc:  # contain everything: a trial must never end the search
         status, reason = "crashed", f"{type(exc).__name__}: {exc}"
     finally:
-        peak_mb, peak_kind = _peak_memory_mb(device)
+        peak_mb, peak_kind = peak_memory_mb(device)
         del model, optimizer
         gc.collect()
         if device.type == "cuda":
@@ -260,6 +298,9 @@ def train_proxy(
         "epochs_run": run.epochs_run,
         "seed": seed,
         "train_time_s": round(run.train_time_s, 4),
+        "setup_s": None if run.setup_s is None else round(run.setup_s, 4),
+        "first_epoch_s": None if run.first_epoch_s is None else round(run.first_epoch_s, 4),
+        "eval_s": round(run.eval_s, 4),
         "wall_time_s": round(time.perf_counter() - start, 4),
         "params": run.params,
         "macs": run.macs,
@@ -281,13 +322,14 @@ def _train(config, splits, settings, seed, device, run, start):
         drop_path_rate=settings.drop_path,
     )
     run.params = count_params(model)
-    run.macs = count_macs(model, splits.image_size)
+    run.macs = count_macs_fast(model, splits.image_size)
     model = model.to(device)
     if settings.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    net = torch.compile(model) if settings.compile else model
+        bench = settings.cudnn_benchmark
+        torch.backends.cudnn.benchmark = run.epochs >= SHORT_TRIAL_EPOCHS if bench == "auto" else bool(bench)
+    net = maybe_compile(model, settings.compile)
 
     from timm.optim import create_optimizer_v2
     from timm.scheduler import CosineLRScheduler
@@ -306,9 +348,11 @@ def _train(config, splits, settings, seed, device, run, start):
 
         mixup = Mixup(mixup_alpha=settings.mixup, cutmix_alpha=settings.cutmix,
                       label_smoothing=settings.label_smoothing, num_classes=splits.num_classes)
-    batches = _GpuBatches(splits.train, splits, settings, g)
+    batches = DeviceLoader(splits.train, splits, settings, g)
     step, status, reason = 0, "ok", ""
     model.train()
+    sync(device)
+    run.setup_s = time.perf_counter() - start
     for epoch in range(run.epochs):
         epoch_start = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
@@ -334,24 +378,35 @@ def _train(config, splits, settings, seed, device, run, start):
             if settings.time_limit_s is not None and time.perf_counter() - start > settings.time_limit_s:
                 status = "timeout"
                 break
-        _sync(device)
-        run.train_time_s += time.perf_counter() - epoch_start
+        sync(device)
+        epoch_s = time.perf_counter() - epoch_start
+        run.train_time_s += epoch_s
+        if epoch == 0:
+            run.first_epoch_s = epoch_s
         train_loss = float(loss_sum) / max(1, n_steps)
         if not math.isfinite(train_loss):
             raise _Diverged(f"non-finite training loss in epoch {epoch + 1}")
+        eval_start = time.perf_counter()
         run.val_loss, run.val_error = evaluate(net, splits.val, batches, settings)
+        run.eval_s += time.perf_counter() - eval_start
         if not math.isfinite(run.val_loss):
             raise _Diverged(f"non-finite validation loss after epoch {epoch + 1}")
         run.epochs_run = epoch + 1 if status == "ok" else epoch + (n_steps / steps_per_epoch)
         run.curve.append({
             "epoch": epoch + 1, "train_loss": train_loss, "val_loss": run.val_loss, "val_error": run.val_error,
             "lr": optimizer.param_groups[0]["lr"], "time_s": round(time.perf_counter() - start, 4),
+            "train_s": round(epoch_s, 4), "images": n_steps * batch_size,
+            "end_time": time.time(),
         })
         if status == "timeout":
             reason = (f"time limit {settings.time_limit_s:g} s reached after {run.epochs_run:.2f} "
                       f"of {run.epochs} epochs")
             break
-    run.throughput = measure_throughput(net, splits.image_size, device, settings)
+    eval_start = time.perf_counter()
+    short = run.epochs < SHORT_TRIAL_EPOCHS  # a short trial is a cheap estimate: half the timed batches
+    iters = max(1, settings.throughput_iters // 2) if short else settings.throughput_iters
+    run.throughput = measure_throughput(net, splits.image_size, device, settings, iters)
+    run.eval_s += time.perf_counter() - eval_start
     return status, reason, model, optimizer
 
 

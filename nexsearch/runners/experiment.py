@@ -35,7 +35,7 @@ def _experiments_dir() -> Path:
 EXPERIMENTS_DIR = _experiments_dir()
 
 # May differ between the original run and a resume.
-EXECUTION_FIELDS = ("workers", "scheduler", "device", "output_dir", "data_dir", "download")
+EXECUTION_FIELDS = ("workers", "workers_per_gpu", "scheduler", "device", "output_dir", "data_dir", "download")
 
 
 @dataclass
@@ -59,7 +59,8 @@ class Experiment:
     retrain_after: int = 8  # surrogate retraining frequency (trials)
     max_trials: int = 1_000_000  # safety cap; the wall-clock budget normally ends a run
     crash_cost: float = 1.0
-    workers: int = 1
+    workers: int | str = 1  # parallel trials (Dask), or "auto": #GPUs x workers_per_gpu, else the CPU slots
+    workers_per_gpu: int = 1  # trials sharing one GPU under workers: auto (measure with nexsearch bench trials)
     scheduler: str | None = None  # address of an existing Dask scheduler
     train: dict[str, Any] = field(default_factory=dict)  # TrainSettings fields
 
@@ -78,8 +79,9 @@ class Experiment:
             raise UserError("optimizer 'parego' needs a second objective: --objectives error,latency (or params, macs)")
         if not (1 <= self.min_epochs <= self.max_epochs):
             raise UserError(f"epoch range must satisfy 1 <= min_epochs <= max_epochs, got {self.min_epochs}..{self.max_epochs}")
-        if self.workers < 1:
-            raise UserError(f"workers must be at least 1, got {self.workers}")
+        from nexsearch.device import resolve_workers
+
+        self.workers = resolve_workers(self.workers, self.workers_per_gpu, self.device)
         if not 0 <= self.crash_cost < float("inf"):
             raise UserError(f"crash_cost must be finite and non-negative, got {self.crash_cost}")
         TrainSettings.from_dict(self.train)  # unknown keys -> one-line error

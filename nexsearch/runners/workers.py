@@ -8,61 +8,20 @@ started with dask-jobqueue on SLURM); each worker there uses its own first GPU o
 A worker plugin tells every worker, also one that joins or is restarted later, what to
 evaluate. A worker process that dies takes its trial with it: ``RobustDaskRunner`` records
 that trial as CRASHED (with the reason) instead of letting the error end the search, and
-Dask's nanny starts a replacement process.
+Dask's nanny starts a replacement process. The cluster itself (``make_client``, the worker
+plugin) lives in ``cluster.py``, which needs Dask but not SMAC (``bench trials`` uses it).
 """
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any, Iterator
 
-from distributed import Client, Future, LocalCluster, WorkerPlugin
+from distributed import Future
 from smac.runhistory import StatusType, TrialInfo, TrialValue
 from smac.runner.dask_runner import DaskParallelRunner
 
-from nexsearch.errors import UserError
-
-
-class NexsearchWorkerPlugin(WorkerPlugin):
-    """Configures the objective (and the GPU / thread count) in each Dask worker process."""
-
-    name = "nexsearch-objective"
-
-    def __init__(self, spec: dict[str, Any], n_local_workers: int | None = None):
-        self.spec = spec
-        self.n_local_workers = n_local_workers
-
-    def setup(self, worker: Any) -> None:
-        import torch
-
-        from nexsearch.objectives.target import configure
-
-        spec = dict(self.spec, train=dict(self.spec.get("train", {})))
-        index = worker.name if isinstance(worker.name, int) else 0
-        device = spec["train"].get("device", "auto")
-        if device in ("auto", "cuda") and torch.cuda.is_available():  # one GPU per worker, round robin
-            spec["train"]["device"] = f"cuda:{index % torch.cuda.device_count()}"
-        elif device in ("auto", "cpu") and self.n_local_workers:
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.n_local_workers))
-        configure(spec)
-
-
-def make_client(workers: int, scheduler: str | None, local_directory: str) -> tuple[Client, LocalCluster | None]:
-    import dask
-
-    # A trial whose worker dies must not be retried on the next worker (it would likely kill it too).
-    dask.config.set({"distributed.scheduler.allowed-failures": 0, "distributed.worker.daemon": False})
-    if scheduler:
-        try:
-            return Client(scheduler, timeout="30s"), None
-        except Exception as exc:
-            raise UserError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from None
-    cluster = LocalCluster(
-        n_workers=workers, threads_per_worker=1, processes=True, local_directory=local_directory,
-        dashboard_address=None, memory_limit=0, silence_logs=40,
-    )
-    return Client(cluster), cluster
+from nexsearch.runners.cluster import NexsearchWorkerPlugin, make_client  # noqa: F401  (used by search.py)
 
 
 class RobustDaskRunner(DaskParallelRunner):

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from timm.layers import (
     BlurPool2d,
@@ -91,6 +92,56 @@ def _sepconv_sequence(
 def _squeeze_excite(channels: int, design: Design) -> nn.Module:
     # rd_ratio 1/16 (timm's SEModule default) gives the paper's parameter counts (Table 3).
     return SEModule(channels, rd_ratio=1 / 16, act_layer=design.act_layer) if design.se else nn.Identity()
+
+
+def reflect_pad_keep_format(x: torch.Tensor, padding: Sequence[int]) -> torch.Tensor:
+    """``F.pad(x, padding, mode="reflect")`` for NCHW input that keeps ``x``'s memory format.
+
+    CUDA's reflection_pad2d makes its input contiguous, which takes a channels_last map out of
+    channels_last (and the convolutions after it pay to convert back). This writes the same
+    values into an output allocated in ``x``'s own format: the centre, then the reflected rows
+    and columns.
+    """
+    left, right, top, bottom = padding
+    n, c, h, w = x.shape
+    fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
+        else torch.contiguous_format
+    out = torch.empty((n, c, h + top + bottom, w + left + right), dtype=x.dtype, device=x.device, memory_format=fmt)
+    out[:, :, top:top + h, left:left + w] = x
+    if top:
+        out[:, :, :top, left:left + w] = x[:, :, 1:top + 1].flip(2)
+    if bottom:
+        out[:, :, top + h:, left:left + w] = x[:, :, h - 1 - bottom:h - 1].flip(2)
+    if left:
+        out[:, :, :, :left] = out[:, :, :, left + 1:2 * left + 1].flip(3)
+    if right:
+        out[:, :, :, left + w:] = out[:, :, :, left + w - 1 - right:left + w - 1].flip(3)
+    return out
+
+
+class FormatKeepingBlurPool2d(BlurPool2d):
+    """timm's ``BlurPool2d`` (same filter, same output) whose reflect pad keeps channels_last."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pad_mode != "reflect":
+            return super().forward(x)
+        x = reflect_pad_keep_format(x, self.padding)
+        channels = x.shape[1] if self.channels is None else self.channels
+        weight = self.filt if self.channels is not None else self.filt.expand(channels, 1, self.filt_size,
+                                                                              self.filt_size)
+        return F.conv2d(x, weight, stride=self.stride, groups=channels)
+
+
+def use_blurpool(model: nn.Module, keep_format: bool = True) -> nn.Module:
+    """The BlurPool switch: every ``BlurPool2d`` of ``model`` becomes the format-keeping variant (or back).
+
+    Works on any model built with timm's ``BlurPool2d`` (ours, timm's); returns ``model``.
+    """
+    cls = FormatKeepingBlurPool2d if keep_format else BlurPool2d
+    for module in model.modules():
+        if isinstance(module, BlurPool2d):
+            module.__class__ = cls  # same buffers and attributes; only forward differs
+    return model
 
 
 class DownsampleBlock(nn.Module):

@@ -4,7 +4,8 @@ Both train the same proxy configuration for the same number of steps in one proc
 same optimizer (timm's LAMB) and batch size; the first steps of each are warm-up and not timed.
 
 * nexsearch: the dataset is one uint8 tensor on the device; crop, flip and normalise batch-wise
-  there; channels_last; bf16 autocast on CUDA.
+  there; channels_last; bf16 autocast on CUDA. ``precision``, ``memory_format``, ``compile`` and
+  ``blurpool`` change this side only, so that one GPU call can compare them.
 * baseline, as most code writes it: a torchvision-style Dataset yielding PIL images through
   ``RandomCrop(padding=4)``, ``RandomHorizontalFlip``, ``ToTensor``, ``Normalize``; a DataLoader
   with worker processes; NCHW; fp32 on CPU, fp16 AMP with a GradScaler on CUDA.
@@ -12,17 +13,20 @@ same optimizer (timm's LAMB) and batch size; the first steps of each are warm-up
 
 from __future__ import annotations
 
+import argparse
 import itertools
+import json
 import time
-from contextlib import nullcontext
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from nexsearch.device import autocast, check_precision, device_name, maybe_compile, memory_format, resolve_device, sync
+from nexsearch.errors import UserError
 from nexsearch.objectives.datasets import TensorData, load_dataset
-from nexsearch.objectives.trainer import TrainSettings, _GpuBatches, _sync, resolve_device
-from nexsearch.search_space.builder import build_model
+from nexsearch.objectives.trainer import DeviceLoader, TrainSettings
+from nexsearch.search_space.builder import build_model, use_blurpool
 
 
 class _PilDataset(torch.utils.data.Dataset):
@@ -42,16 +46,16 @@ class _PilDataset(torch.utils.data.Dataset):
         return self.transform(Image.fromarray(self.images[i])), self.labels[i]
 
 
-def _time_steps(model, batches, steps: int, warmup: int, device, autocast, scaler=None) -> float:
-    """Seconds for ``steps`` optimizer steps after ``warmup`` untimed ones."""
+def _time_steps(model, batches, steps: int, warmup: int, device, autocast, scaler=None, params=None) -> float:
+    """Seconds for ``steps`` optimizer steps after ``warmup`` untimed ones (``params``: the uncompiled model)."""
     from timm.optim import create_optimizer_v2
 
-    optimizer = create_optimizer_v2(model, opt="lamb", lr=1e-3, weight_decay=0.02)
+    optimizer = create_optimizer_v2(params if params is not None else model, opt="lamb", lr=1e-3, weight_decay=0.02)
     model.train()
     start = None
     for i, (x, y) in enumerate(itertools.islice(batches, warmup + steps)):
         if i == warmup:
-            _sync(device)
+            sync(device)
             start = time.perf_counter()
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast():
@@ -64,7 +68,7 @@ def _time_steps(model, batches, steps: int, warmup: int, device, autocast, scale
         else:
             loss.backward()
             optimizer.step()
-    _sync(device)
+    sync(device)
     return time.perf_counter() - start
 
 
@@ -84,29 +88,45 @@ def bench_train(
     image_size: int = 32,
     num_classes: int = 100,
     seed: int = 0,
+    precision: str = "bf16",
+    memory: str = "channels_last",
+    compile: str | bool = False,
+    blurpool_keep_format: bool = False,
 ) -> dict[str, Any]:
-    """Images/s of the nexsearch step and of the plain loop, and their ratio."""
+    """Images/s of the nexsearch step and of the plain loop, and their ratio.
+
+    ``precision`` (bf16, fp16, fp32; reduced precision on CUDA only), ``memory``
+    (channels_last, contiguous), ``compile`` (a torch.compile mode or false) and
+    ``blurpool_keep_format`` apply to the nexsearch side.
+    """
     from torchvision import transforms as T
 
+    check_precision(precision)
+    fmt = memory_format(memory)
     dev = resolve_device(device)
     n = max(batch_size * 8, 1024)
     splits = load_dataset("synthetic", seed=seed, image_size=image_size, synthetic_size=n,
                           synthetic_classes=num_classes, val_fraction=0.05)
-    settings = TrainSettings(batch_size=batch_size, width=width, device=str(dev))
+    settings = TrainSettings(batch_size=batch_size, width=width, device=str(dev),
+                             channels_last=fmt == torch.channels_last)
 
-    def make_model(channels_last: bool):
+    def make_model(fmt: torch.memory_format):
         torch.manual_seed(seed)
         m = build_model(config, "proxy", num_classes=num_classes, width=width, drop_path_rate=0.05).to(dev)
-        return m.to(memory_format=torch.channels_last) if channels_last else m
+        return use_blurpool(m.to(memory_format=fmt), blurpool_keep_format)
 
     # nexsearch: data on the device, augmentation batch-wise, channels_last, bf16 on CUDA.
     on_device = splits.to(dev)
     g = torch.Generator(device=dev).manual_seed(seed)
-    gpu_batches = _GpuBatches(on_device.train, on_device, settings, g)
-    amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if dev.type == "cuda" else nullcontext
+    batches = DeviceLoader(on_device.train, on_device, settings, g)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    t_nex = _time_steps(make_model(True), _cycle(lambda: gpu_batches.epoch(batch_size)), steps, warmup, dev, amp)
+    model = make_model(fmt)
+    net = maybe_compile(model, compile)
+    nex_scaler = torch.amp.GradScaler("cuda") if dev.type == "cuda" and precision == "fp16" else None
+    t_nex = _time_steps(net, _cycle(lambda: batches.epoch(batch_size)), steps, warmup, dev,
+                        lambda: autocast(dev, precision), nex_scaler, params=model)
+    del net, model
 
     # baseline: PIL + torchvision transforms + DataLoader workers, NCHW, fp32 (CPU) / fp16 AMP (CUDA).
     tf = T.Compose([T.RandomCrop(image_size, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
@@ -116,8 +136,9 @@ def bench_train(
         pin_memory=dev.type == "cuda", persistent_workers=workers > 0,
     )
     scaler = torch.amp.GradScaler("cuda") if dev.type == "cuda" else None
-    amp16 = (lambda: torch.autocast("cuda", dtype=torch.float16)) if dev.type == "cuda" else nullcontext
-    t_base = _time_steps(make_model(False), _cycle(lambda: iter(loader)), steps, warmup, dev, amp16, scaler)
+    amp16 = lambda: autocast(dev, "fp16")  # noqa: E731
+    t_base = _time_steps(make_model(torch.contiguous_format), _cycle(lambda: iter(loader)), steps, warmup, dev,
+                         amp16, scaler)
 
     images = steps * batch_size
     nex, base = images / t_nex, images / t_base
@@ -125,10 +146,38 @@ def bench_train(
         "nexsearch_images_per_s": round(nex, 2),
         "baseline_images_per_s": round(base, 2),
         "ratio": round(nex / base, 3),
-        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "device": device_name(dev),
         "steps": steps,
+        "warmup": warmup,
         "batch_size": batch_size,
         "width": width,
         "image_size": image_size,
+        "precision": precision if dev.type == "cuda" else "fp32",
+        "memory_format": memory,
+        "compile": compile or False,
+        "blurpool_keep_format": blurpool_keep_format,
         "torch": torch.__version__,
     }
+
+
+def main(args: argparse.Namespace) -> int:
+    """``nexsearch bench train``: run, then print a table or one JSON object."""
+    from nexsearch.bench import variant_kwargs
+    from nexsearch.search_space.presets import preset
+
+    if args.steps < 1 or args.batch_size < 2 or args.width <= 0 or args.warmup < 0:
+        raise UserError("--steps must be >= 1, --warmup >= 0, --batch-size >= 2 and --width > 0")
+    result = bench_train(
+        preset(args.preset), steps=args.steps, warmup=args.warmup, batch_size=args.batch_size, width=args.width,
+        device=args.device, workers=args.workers, **variant_kwargs(args),
+    )
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"device {result['device']}, proxy '{args.preset}' width {args.width}, batch {args.batch_size}, "
+          f"{args.steps} timed steps; nexsearch side: {result['precision']}, {result['memory_format']}, "
+          f"compile {result['compile']}")
+    print(f"  nexsearch trainer  {result['nexsearch_images_per_s']:10.1f} images/s")
+    print(f"  plain loop         {result['baseline_images_per_s']:10.1f} images/s")
+    print(f"  ratio              {result['ratio']:10.2f}x")
+    return 0

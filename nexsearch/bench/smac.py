@@ -9,6 +9,8 @@ share of a real run with trials of ``trial_s`` seconds is then
 
 from __future__ import annotations
 
+import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -16,6 +18,7 @@ from typing import Any
 
 from smac.callback import Callback
 
+from nexsearch.errors import UserError
 from nexsearch.runners.experiment import Experiment
 
 
@@ -76,3 +79,20 @@ def bench_smac(n_trials: int = 1000, trial_s: float = 10.0, optimizer: str = "bo
         "initial_design": initial_design,
         "best_fake_error": round(best, 4),
     }
+
+
+def main(args: argparse.Namespace) -> int:
+    """``nexsearch bench smac``: run, then print a summary or one JSON object."""
+    if args.trials < 1 or args.trial_seconds <= 0:
+        raise UserError("--trials must be >= 1 and --trial-seconds > 0")
+    result = bench_smac(n_trials=args.trials, trial_s=args.trial_seconds, optimizer=args.optimizer,
+                        retrain_after=args.retrain_after, selector=args.selector)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{result['n_trials']} trials of a fake target with SMAC '{args.optimizer}' "
+          f"({args.selector} selector): {result['smac_s']:.1f} s of SMAC "
+          f"({result['smac_ms_per_trial']:.0f} ms per trial, "
+          f"{result['smac_ms_per_trial_last_100']:.0f} ms over the last 100)")
+    print(f"overhead with {args.trial_seconds:g} s trials: {100 * result['overhead_frac']:.2f}% of wall time")
+    return 0

@@ -4,18 +4,23 @@ Random input at each model's resolution, eval mode, warm-up batches, then ``reps
 batches; images/s as mean +- std over the repetitions. On CUDA: batch 256, fp16 autocast,
 channels_last, ``cudnn.benchmark``. On CPU: fp32, channels_last, a batch that fits.
 Exported files, the paper's presets and timm baselines run side by side in one process.
+``precision``, ``memory_format``, ``compile`` and the BlurPool switch change the protocol for
+an A/B comparison.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import statistics
-import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from nexsearch.device import (
+    autocast, check_precision, device_name, maybe_compile, memory_format, resolve_device, time_iterations,
+)
 from nexsearch.errors import UserError
 
 DEFAULT_MODELS = ("nexception_t", "nexception_tp", "nexception_s", "xception_nexsearch",
@@ -44,44 +49,43 @@ def _load(name: str) -> tuple[str, torch.nn.Module, int, str | None]:
 
 @torch.no_grad()
 def bench_model(model: torch.nn.Module, input_size: int, device: torch.device, batch: int, reps: int,
-                warmup: int) -> dict[str, float]:
-    model = model.to(device).eval().to(memory_format=torch.channels_last)
-    x = torch.randn(batch, 3, input_size, input_size, device=device).contiguous(memory_format=torch.channels_last)
-    amp = (lambda: torch.autocast("cuda", dtype=torch.float16)) if device.type == "cuda" else nullcontext
-    for _ in range(warmup):
-        with amp():
-            model(x)
-    rates = []
-    for _ in range(reps):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t = time.perf_counter()
-        with amp():
-            model(x)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        rates.append(batch / (time.perf_counter() - t))
+                warmup: int, precision: str = "fp16", memory: str = "channels_last",
+                compile: str | bool = False) -> dict[str, float]:
+    fmt = memory_format(memory)
+    model = model.to(device).eval().to(memory_format=fmt)
+    net = maybe_compile(model, compile)
+    x = torch.randn(batch, 3, input_size, input_size, device=device).contiguous(memory_format=fmt)
+
+    def forward():
+        with autocast(device, precision):
+            net(x)
+
+    rates = [batch / t for t in time_iterations(forward, device, reps, warmup)]
     return {"mean": statistics.fmean(rates), "std": statistics.stdev(rates) if len(rates) > 1 else 0.0}
 
 
 def bench_infer(models: list[str] | None = None, device: str = "auto", batch: int | None = None, reps: int = 30,
-                warmup: int = 5, input_size: int | None = None) -> dict[str, Any]:
-    from nexsearch.objectives.trainer import resolve_device
-    from nexsearch.search_space.builder import count_params
+                warmup: int = 5, input_size: int | None = None, precision: str = "fp16",
+                memory: str = "channels_last", compile: str | bool = False,
+                blurpool_keep_format: bool = False) -> dict[str, Any]:
+    from nexsearch.search_space.builder import count_params, use_blurpool
 
+    check_precision(precision)
+    memory_format(memory)
     dev = resolve_device(device)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
     batch = batch or (256 if dev.type == "cuda" else 8)
-    if reps < 1 or batch < 1:
-        raise UserError("--reps and --batch must be at least 1")
+    if reps < 1 or batch < 1 or warmup < 0:
+        raise UserError("--reps and --batch-size must be at least 1, --warmup at least 0")
     rows, exported = [], {}
     for name in models or DEFAULT_MODELS:
         label, model, size, layout = _load(name)
         if layout is not None:
             exported[label] = layout
         size = input_size or size
-        r = bench_model(model, size, dev, batch, reps, warmup)
+        use_blurpool(model, blurpool_keep_format)
+        r = bench_model(model, size, dev, batch, reps, warmup, precision, memory, compile)
         rows.append({"model": label, "input_size": size, "params": count_params(model),
                      "images_per_s": round(r["mean"], 2), "std": round(r["std"], 2)})
         del model
@@ -97,6 +101,28 @@ def bench_infer(models: list[str] | None = None, device: str = "auto", batch: in
         if ours in by_name and base in by_name:
             ratios.append({"model": ours, "baseline": base, "ratio": round(by_name[ours] / by_name[base], 3),
                            "paper": paper})
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    precision = "fp16 autocast" if dev.type == "cuda" else "fp32"
-    return {"device": name, "batch": batch, "reps": reps, "precision": precision, "results": rows, "ratios": ratios}
+    return {"device": device_name(dev), "batch": batch, "reps": reps,
+            "precision": f"{precision} autocast" if dev.type == "cuda" and precision != "fp32" else "fp32",
+            "memory_format": memory, "compile": compile or False, "blurpool_keep_format": blurpool_keep_format,
+            "results": rows, "ratios": ratios}
+
+
+def main(args: argparse.Namespace) -> int:
+    """``nexsearch bench infer``: run, then print a table or one JSON object."""
+    from nexsearch.bench import variant_kwargs
+
+    models = [m.strip() for m in args.models.split(",")] if args.models else None
+    result = bench_infer(models, device=args.device, batch=args.batch_size, reps=args.reps, warmup=args.warmup,
+                         input_size=args.input_size, **variant_kwargs(args))
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"device {result['device']}, batch {result['batch']}, {result['reps']} repetitions, {result['precision']}, "
+          f"{result['memory_format']}, compile {result['compile']}, "
+          f"BlurPool {'keep-format' if result['blurpool_keep_format'] else 'timm'}")
+    for r in result["results"]:
+        print(f"  {r['model']:<24} {r['input_size']:>4}px {r['params'] / 1e6:7.2f}M "
+              f"{r['images_per_s']:10.1f} +- {r['std']:.1f} images/s")
+    for r in result["ratios"]:
+        print(f"  {r['model']} / {r['baseline']}: {r['ratio']:.2f} (paper, RTX 2080 Ti: {r['paper']:.2f})")
+    return 0

@@ -1,0 +1,221 @@
+"""``nexsearch bench trials``: how many proxy evaluations a device does per day, for N trials at once.
+
+For each N in ``concurrency``, a local Dask cluster of N worker processes is started exactly as
+``nexsearch run --workers N`` starts it (same ``make_client``, same worker plugin: GPU i mod
+#GPUs, or the CPU threads shared out), every worker loads a CIFAR-100-shaped synthetic set
+onto its device, and then all N train the same paper-size proxy at once through the trial
+target (``evaluate_trial``) for ``epochs`` epochs.
+
+Per N: aggregate training images/s over the steady-state epochs (every epoch after the first,
+summed over the workers), the first-epoch time, the setup time before the first step, peak
+memory per worker, the speed-up over the first N, and the implied trials per device-day of
+``trial_epochs``-epoch trials on ``trial_images`` training images (default: the set measured),
+each worker training at its measured steady rate r:
+
+    trial_s = setup + (first epoch - steady epoch) + E * (trial_images / r + eval per epoch)
+    trials per day = N * 86400 / trial_s
+
+(the evaluation time is scaled by trial_images / images, as the validation set is a fixed share).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from nexsearch.errors import UserError
+
+DAY_S = 86400.0
+
+
+def _load_data() -> int:
+    """Runs in each worker: load the dataset onto the worker's device; returns the training images."""
+    from nexsearch.objectives.target import loaded
+
+    return len(loaded()[1].train)
+
+
+def _summarise(records: list[dict[str, Any]], n: int, trial_epochs: int, scale: float) -> dict[str, Any]:
+    """The figures of one concurrency level from its N trial records (``scale``: trial images / images)."""
+    rates, steady_epoch_s, eval_epoch_s = [], [], []
+    for r in records:
+        steady = r["curve"][1:] or r["curve"]
+        rates.append(sum(e["images"] for e in steady) / sum(e["train_s"] for e in steady))
+        steady_epoch_s.append(statistics.fmean(e["train_s"] for e in steady))
+        eval_epoch_s.append(r["eval_s"] / max(1, len(r["curve"])))
+    setup = statistics.fmean(r["setup_s"] for r in records)
+    first = statistics.fmean(r["first_epoch_s"] for r in records)
+    steady = statistics.fmean(steady_epoch_s)
+    rate = statistics.fmean(rates)
+    epoch_s = scale * sum(e["images"] for e in records[0]["curve"][:1]) / rate
+    trial_s = setup + max(0.0, first - steady) + trial_epochs * (epoch_s + scale * statistics.fmean(eval_epoch_s))
+    return {
+        "workers": n,
+        "aggregate_images_per_s": round(sum(rates), 1),
+        "images_per_s_per_worker": round(rate, 1),
+        "steady_epoch_s": round(steady, 3),
+        "first_epoch_s": round(first, 3),
+        "first_epoch_s_max": round(max(r["first_epoch_s"] for r in records), 3),
+        "setup_s": round(setup, 3),
+        "eval_s_per_epoch": round(statistics.fmean(eval_epoch_s), 3),
+        "peak_memory_mb_per_worker": round(max(r["peak_memory_mb"] for r in records), 1),
+        "peak_memory_kind": records[0]["peak_memory_kind"],
+        "devices": sorted({r["device"] for r in records}),
+        "projected_trial_s": round(trial_s, 1),
+        "trials_per_day": round(n * DAY_S / trial_s, 1),
+    }
+
+
+def _level(n: int, spec: dict[str, Any], config: dict[str, Any], epochs: int, trial_epochs: int, scale: float,
+           timeout_s: float | None) -> dict[str, Any]:
+    """Start N Dask workers, load the data in each, run N trials at once, summarise."""
+    from nexsearch.objectives.target import evaluate_trial
+    from nexsearch.runners.cluster import NexsearchWorkerPlugin, make_client
+
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="nexsearch-bench-trials-") as tmp:
+        client, cluster = make_client(n, None, tmp)
+        try:
+            client.register_plugin(NexsearchWorkerPlugin(spec, n))
+            client.wait_for_workers(n, timeout=300)
+            started = time.perf_counter()
+            train_images = max(client.run(_load_data).values())
+            loaded = time.perf_counter()
+            addresses = sorted(client.scheduler_info()["workers"])
+            futures = [client.submit(evaluate_trial, config, 0, float(epochs), pure=False, workers=[a],
+                                     allow_other_workers=False) for a in addresses[:n]]
+            results = client.gather(futures) if timeout_s is None else _gather(client, futures, timeout_s)
+            finished = time.perf_counter()
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+    records = [info for _, info in results]
+    row = _summarise(records, n, trial_epochs, scale)
+    row.update(cluster_start_s=round(started - t0, 2), data_load_s=round(loaded - started, 2),
+               trials_wall_s=round(finished - loaded, 2), train_images=train_images)
+    return row
+
+
+def _gather(client: Any, futures: list, timeout_s: float) -> list:
+    from distributed import wait
+
+    done, not_done = wait(futures, timeout=timeout_s, return_when="ALL_COMPLETED")
+    if not_done:
+        raise TimeoutError(f"{len(not_done)} of {len(futures)} trials still running after {timeout_s:g} s")
+    return client.gather(futures)
+
+
+def bench_trials(
+    concurrency: Sequence[int] = (1, 2, 4, 8),
+    epochs: int = 2,
+    images: int = 45000,
+    image_size: int = 32,
+    classes: int = 100,
+    width: float = 1.0,
+    depth: int = 4,
+    batch_size: int = 256,
+    device: str = "auto",
+    preset_name: str = "nexception",
+    trial_epochs: int = 27,
+    trial_images: int | None = None,
+    level_timeout_s: float | Callable[[], float] | None = None,  # per level; a callable is asked before each
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Trials of the proxy of ``preset_name`` at each concurrency level; one dict with every level."""
+    import torch
+
+    from nexsearch.device import device_name, resolve_device
+    from nexsearch.search_space.presets import preset
+
+    if epochs < 2 or images < 2 * batch_size or trial_epochs < 1 or not concurrency or min(concurrency) < 1:
+        raise UserError("bench trials needs --epochs >= 2 (the first is warm-up), --images >= 2 x --batch-size, "
+                        "--trial-epochs >= 1 and concurrency levels >= 1")
+    dev = resolve_device(device)
+    try:
+        import nexsearch.runners.cluster  # noqa: F401
+    except ImportError as exc:
+        raise UserError(f"bench trials needs Dask ({exc}): pip install dask distributed") from None
+    val_fraction = 0.1
+    spec = {
+        "dataset": "synthetic", "data_dir": None, "download": False, "val_fraction": val_fraction,
+        "image_size": image_size, "synthetic_size": round(images / (1 - val_fraction)),
+        "synthetic_classes": classes, "objectives": ("error",),
+        # cudnn autotuning on as in a long trial: the projection is for trial_epochs-epoch trials
+        "train": {"width": width, "depth": depth, "batch_size": batch_size, "device": str(dev), "epochs": epochs,
+                  "cudnn_benchmark": True, "throughput_iters": 2, "throughput_batch": min(256, batch_size)},
+    }
+    config = preset(preset_name)
+    levels, errors = [], []
+    for n in concurrency:
+        if progress:
+            progress(f"bench trials: {n} worker(s) ...")
+        try:
+            timeout = level_timeout_s() if callable(level_timeout_s) else level_timeout_s
+            if timeout is not None and timeout <= 0:
+                raise TimeoutError("no time left for this level")
+            row = _level(n, spec, config, epochs, trial_epochs, (trial_images or images) / images, timeout)
+        except UserError:
+            raise
+        except Exception as exc:  # one level failing (out of memory, a lost worker) must not lose the others
+            errors.append({"workers": n, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"})
+            if progress:
+                progress(f"bench trials: {n} worker(s) failed: {errors[-1]['error']}")
+            continue
+        levels.append(row)
+        if progress:
+            progress(f"bench trials: {n} worker(s): {row['aggregate_images_per_s']:.0f} images/s, "
+                     f"{row['trials_per_day']:.0f} trials/day")
+    for row in levels:  # over the first level that ran (N=1 normally)
+        row["speedup"] = round(row["aggregate_images_per_s"] / levels[0]["aggregate_images_per_s"], 3)
+    return {
+        "device": device_name(dev),
+        "preset": preset_name, "width": width, "depth": depth, "batch_size": batch_size,
+        "train_images": levels[0]["train_images"] if levels else None,
+        "image_size": image_size, "classes": classes, "epochs": epochs, "trial_epochs": trial_epochs, "trial_images": trial_images or images,
+        "levels": levels, "errors": errors, "torch": torch.__version__,
+    }
+
+
+def _levels(text: str) -> list[int]:
+    try:
+        levels = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        levels = []
+    if not levels or min(levels) < 1:
+        raise UserError(f"--concurrency must be comma-separated worker counts >= 1, e.g. 1,2,4,8; got '{text}'")
+    return levels
+
+
+def print_result(result: dict[str, Any]) -> None:
+    print(f"device {result['device']}: proxy '{result['preset']}' width {result['width']:g}, depth "
+          f"{result['depth']}, batch {result['batch_size']}, {result['train_images']} images "
+          f"{result['image_size']}px, {result['epochs']} epochs per trial")
+    print(f"  {'N':>3} {'images/s':>10} {'speed-up':>8} {'1st epoch':>10} {'setup':>7} {'peak MiB':>9} "
+          f"{'trials/day':>11} (of {result['trial_epochs']} epochs, {result['trial_images']} images)")
+    for r in result["levels"]:
+        print(f"  {r['workers']:>3} {r['aggregate_images_per_s']:>10.0f} {r['speedup']:>7.2f}x "
+              f"{r['first_epoch_s']:>9.1f}s {r['setup_s']:>6.1f}s {r['peak_memory_mb_per_worker']:>9.0f} "
+              f"{r['trials_per_day']:>11.0f}")
+    for e in result["errors"]:
+        print(f"  {e['workers']:>3} failed: {e['error']}")
+
+
+def main(args: argparse.Namespace) -> int:
+    """``nexsearch bench trials``: run every level, then print a table or one JSON object."""
+    result = bench_trials(
+        _levels(args.concurrency), epochs=args.epochs, images=args.images, image_size=args.image_size,
+        classes=args.classes, width=args.width, depth=args.depth, batch_size=args.batch_size, device=args.device,
+        preset_name=args.preset, trial_epochs=args.trial_epochs, trial_images=args.trial_images,
+        progress=None if args.json else (lambda line: print(line, flush=True)),
+    )
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print_result(result)
+    return 0
