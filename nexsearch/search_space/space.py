@@ -35,7 +35,11 @@ NORMS = ("batchnorm", "layernorm")
 
 # One line per design dimension, shown by `nexsearch space`.
 DESCRIPTIONS: dict[str, str] = {
-    "kernel_size": "kernel size of the depthwise convolutions in every block",
+    "mixer": "spatial part of every separable conv in the blocks: depthwise k x k convolution, or inception "
+    "(InceptionNeXt: 3x3, 1xb and bx1 depthwise branches on 1/8 of the channels each, the rest identity; "
+    "a stride-2 conv keeps a 3x3/2 depthwise conv)",
+    "kernel_size": "kernel size of the depthwise convolutions in every block (mixer: depthwise)",
+    "band_kernel": "length b of the inception mixer's 1xb and bx1 band kernels",
     "stem": "conv: Xception's 3x3/2 + 3x3 convolutions; patch: 'soft' 2x2/2 patchify",
     "downsample": "maxpool 3x3/2; conv: the block's last conv has stride 2; "
     "blurpool: max pool 3x3/1 then anti-aliased blur pool /2 (MaxBlurPool)",
@@ -57,7 +61,9 @@ DEFAULT_NORM = "batchnorm"
 def build_space(seed: int | None = None) -> ConfigurationSpace:
     """Return the design space. Its default configuration is the original Xception."""
     cs = ConfigurationSpace(name="nexception", seed=seed)
+    mixer = Categorical("mixer", ["depthwise", "inception"], default="depthwise")
     kernel = OrdinalHyperparameter("kernel_size", [3, 5, 7, 9], default_value=3)
+    band = Categorical("band_kernel", [7, 11], default=11)
     stem = Categorical("stem", ["conv", "patch"], default="conv")
     down = Categorical("downsample", ["maxpool", "conv", "blurpool"], default="maxpool")
     block = Categorical("block", ["xception", "bottleneck"], default="xception")
@@ -68,9 +74,11 @@ def build_space(seed: int | None = None) -> ConfigurationSpace:
     norm_type = Categorical("norm_type", list(NORMS), default="batchnorm")
     acts = [Categorical(f"act_before_{i}", [False, True], default=True) for i in range(1, N_POSITIONS + 1)]
     norms = [Categorical(f"norm_after_{i}", [False, True], default=True) for i in range(1, N_POSITIONS + 1)]
-    cs.add([kernel, stem, down, block, expansion, se, act_type, norm_type, *acts, *norms])
+    cs.add([mixer, kernel, band, stem, down, block, expansion, se, act_type, norm_type, *acts, *norms])
     cs.add(
         [
+            EqualsCondition(kernel, mixer, "depthwise"),
+            EqualsCondition(band, mixer, "inception"),
             EqualsCondition(expansion, block, "bottleneck"),
             OrConjunction(*[EqualsCondition(act_type, a, True) for a in acts]),
             OrConjunction(*[EqualsCondition(norm_type, n, True) for n in norms]),
