@@ -64,7 +64,7 @@ def test_every_paper_dimension_present(space):
     assert set(space.keys()) == PAPER_DIMENSIONS | BEYOND_THE_PAPER
     assert list(space["mixer"].choices) == ["depthwise", "inception"]
     assert list(space["band_kernel"].choices) == [7, 11]
-    assert list(space["kernel_size"].sequence) == [3, 5, 7, 9]
+    assert list(space["kernel_size"].choices) == [3, 5, 7, 9]
     assert set(space["act_type"].choices) == {"relu", "gelu", "elu", "celu"}
     assert set(space["norm_type"].choices) == {"batchnorm", "layernorm"}
     assert set(space["downsample"].choices) == {"maxpool", "conv", "blurpool"}
@@ -144,3 +144,23 @@ def test_sampled_configs_roundtrip(space):
         d = to_dict(cfg)
         assert json.loads(json.dumps(d)) == d
         assert to_dict(validate(d)) == d
+
+
+def test_deepcave_importance_with_both_mixers(tmp_path):
+    """kernel_size and band_kernel are inactive in half of the space: DeepCAVE must still encode the run."""
+    from smac.runner import TargetFunctionRunner
+
+    from nexsearch.analysis.run import load_run
+    from nexsearch.runners.bench import fake_target
+    from nexsearch.runners.experiment import Experiment
+    from nexsearch.runners.search import _build_smac
+
+    exp = Experiment(name="mixers", dataset="synthetic", max_trials=12, initial_design=10, min_epochs=1, max_epochs=1)
+    smac = _build_smac(exp, tmp_path, lambda scenario, required: TargetFunctionRunner(
+        scenario, fake_target, required_arguments=["seed"]), [])
+    smac.optimize()
+    run = load_run(tmp_path)
+    assert set(run.trials["mixer"]) == {"depthwise", "inception"}
+    assert run.trials["kernel_size"].isna().any() and run.trials["band_kernel"].isna().any()
+    imp = run.importance("fanova")
+    assert {"mixer", "kernel_size", "band_kernel"} <= set(imp["hyperparameter"])

@@ -25,7 +25,6 @@ from ConfigSpace import (
     ConfigurationSpace,
     EqualsCondition,
     OrConjunction,
-    OrdinalHyperparameter,
 )
 
 N_POSITIONS = 3  # separable convolutions in a middle-flow block
@@ -62,7 +61,9 @@ def build_space(seed: int | None = None) -> ConfigurationSpace:
     """Return the design space. Its default configuration is the original Xception."""
     cs = ConfigurationSpace(name="nexception", seed=seed)
     mixer = Categorical("mixer", ["depthwise", "inception"], default="depthwise")
-    kernel = OrdinalHyperparameter("kernel_size", [3, 5, 7, 9], default_value=3)
+    # Categorical, not ordinal: both are conditional on the mixer, and DeepCAVE 1.4.1 cannot impute an
+    # inactive ordinal hyperparameter (nor expansion's, below).
+    kernel = Categorical("kernel_size", [3, 5, 7, 9], default=3)
     band = Categorical("band_kernel", [7, 11], default=11)
     stem = Categorical("stem", ["conv", "patch"], default="conv")
     down = Categorical("downsample", ["maxpool", "conv", "blurpool"], default="maxpool")
