@@ -1,6 +1,7 @@
 import pytest
 import timm
 import torch
+from timm.models.inception_next import InceptionDWConv2d
 
 import nexsearch  # noqa: F401  (registers the timm models)
 from nexsearch.search_space.builder import LAYOUTS, build_model, count_macs, count_params
@@ -13,6 +14,7 @@ TINY = dict(width=0.125, num_classes=10)
 def test_random_configurations_build_and_train_step():
     space = build_space(seed=0)
     configs = space.sample_configuration(100)
+    assert {c["mixer"] for c in configs} == {"depthwise", "inception"}
     x = torch.randn(2, 3, 32, 32).to(memory_format=torch.channels_last)
     for cfg in configs:
         model = build_model(to_dict(cfg), "proxy", **TINY).to(memory_format=torch.channels_last)
@@ -28,7 +30,7 @@ def _structure(model):
 
 
 ALTERNATIVES = {
-    "kernel_size": 7, "stem": "patch", "downsample": "blurpool", "block": "bottleneck", "se": True,
+    "mixer": "inception", "kernel_size": 7, "stem": "patch", "downsample": "blurpool", "block": "bottleneck", "se": True,
     "act_type": "gelu", "norm_type": "layernorm", "act_before_1": False, "act_before_3": False,
     "norm_after_1": False, "norm_after_3": False,
 }
@@ -40,6 +42,9 @@ def test_one_dimension_changes_the_module(name):
     changed = {**base, name: ALTERNATIVES[name]}
     if name == "block":
         changed["expansion"] = 3
+    if name == "mixer":
+        del changed["kernel_size"]
+        changed["band_kernel"] = 11
     a, b = build_model(base, "proxy", **TINY), build_model(changed, "proxy", **TINY)
     assert _structure(a) != _structure(b)
 
@@ -55,6 +60,67 @@ def test_downsample_conv_has_no_pool_and_same_output():
     m = build_model(cfg, "proxy", **TINY)
     assert not any(isinstance(x, (torch.nn.MaxPool2d, timm.layers.BlurPool2d)) for x in m.modules())
     assert m(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def _inception(**changes):
+    cfg = {k: v for k, v in preset("nexception").items() if k != "kernel_size"}
+    return {**cfg, "mixer": "inception", "band_kernel": 7, **changes}
+
+
+def _separable_convs(model):
+    return [m for m in model.modules() if isinstance(m, timm.layers.SeparableConv2d)]
+
+
+def test_inception_mixer_is_timms_layer_in_every_block_but_not_the_exit_flow():
+    model = build_model(_inception(), "proxy", **TINY)
+    seps = _separable_convs(model)
+    # proxy: 1 entry + 4 middle + 1 exit downsampling block (2 + 4 x 3 + 2 sepconvs), then the exit flow's 2
+    assert len(seps) == 18
+    for sep in seps[:16]:
+        mixer = sep.conv_dw
+        assert type(mixer) is InceptionDWConv2d
+        c = sep.conv_pw.in_channels
+        gc = c // 8  # timm's branch_ratio 1/8: square, 1 x b and b x 1 branches, the rest identity
+        assert mixer.split_indexes == (c - 3 * gc, gc, gc, gc)
+        assert mixer.dwconv_hw.kernel_size == (3, 3)
+        assert mixer.dwconv_w.kernel_size == (1, 7) and mixer.dwconv_h.kernel_size == (7, 1)
+        assert mixer.dwconv_hw.groups == gc
+    for sep in seps[16:]:  # the exit flow keeps its 3x3 depthwise convs
+        assert isinstance(sep.conv_dw, torch.nn.Conv2d) and sep.conv_dw.kernel_size == (3, 3)
+    band11 = build_model(_inception(band_kernel=11), "proxy", **TINY)
+    assert _separable_convs(band11)[0].conv_dw.dwconv_w.kernel_size == (1, 11)
+    assert not any(isinstance(m, InceptionDWConv2d) for m in build_model(preset("nexception"), "proxy", **TINY).modules())
+
+
+def test_inception_mixer_at_stride_2_is_a_3x3_depthwise_conv():
+    model = build_model(_inception(downsample="conv"), "proxy", **TINY)
+    strided = [s for s in _separable_convs(model) if getattr(s.conv_dw, "stride", None) == (2, 2)]
+    assert len(strided) == 2  # the last sepconv of each downsampling block
+    for sep in strided:
+        dw = sep.conv_dw
+        assert isinstance(dw, torch.nn.Conv2d) and dw.kernel_size == (3, 3) and dw.groups == dw.in_channels
+    assert sum(isinstance(m, InceptionDWConv2d) for m in model.modules()) == 14
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+# Before the mixer existed (issue 15): the presets' models must not change.
+PRESET_PARAMS = {"nexception_t": 24_544_224, "nexception_s": 43_385_904, "nexception_tp": 26_558_216,
+                 "xception_nexsearch": 22_855_952}
+
+
+@pytest.mark.parametrize("name", list(PRESET_PARAMS))
+def test_preset_parameter_counts_unchanged(name):
+    assert count_params(timm.create_model(name)) == PRESET_PARAMS[name]
+
+
+def test_inception_models_registered_with_timm():
+    for name, layout in (("nexception_i_t", "t"), ("nexception_i_tp", "tp")):
+        model = timm.create_model(name)
+        mixers = [m for m in model.modules() if isinstance(m, InceptionDWConv2d)]
+        assert mixers and all(m.dwconv_w.kernel_size == (1, 11) for m in mixers)
+        assert model.layout.name == layout and model.config == preset("nexception_i")
+        # the mixer is lighter than NEXcepTion's 5x5 depthwise convs
+        assert count_params(model) < PRESET_PARAMS[name.replace("_i", "")]
 
 
 # Paper table 3 (Xception: 22.9M, the Xception paper's own count).

@@ -12,6 +12,7 @@ PAPER_DIMENSIONS = {
     "kernel_size", "stem", "downsample", "block", "expansion", "se", "act_type", "norm_type",
     "act_before_1", "act_before_2", "act_before_3", "norm_after_1", "norm_after_2", "norm_after_3",
 }
+BEYOND_THE_PAPER = {"mixer", "band_kernel"}  # InceptionNeXt's mixer (issue 15)
 
 
 def _brute_force_count(space):
@@ -37,7 +38,10 @@ def _brute_force_count(space):
 def test_exact_size_exceeds_paper_and_matches_brute_force(space):
     size = count_configurations(space)
     assert size > 50_000
-    assert size == 4 * 2 * 3 * (1 + 3) * 2 * (7 * 4 + 1) * (7 * 2 + 1) == 83_520
+    # mixer: depthwise with 4 kernel sizes, or inception with 2 band kernels; then stem, downsample,
+    # block (xception, or bottleneck with 3 expansions), se, act positions (7 with act_type, 1 without), norms.
+    assert size == (4 + 2) * 2 * 3 * (1 + 3) * 2 * (7 * 4 + 1) * (7 * 2 + 1) == 125_280
+    assert size == 83_520 * 6 // 4  # the paper's space (83,520, kernel 4 ways) with the mixer 6 ways
     assert size < space.estimate_size()  # estimate_size ignores conditions
 
 
@@ -57,8 +61,10 @@ def test_counter_is_exact_on_a_small_conditional_space():
 
 
 def test_every_paper_dimension_present(space):
-    assert set(space.keys()) == PAPER_DIMENSIONS
-    assert list(space["kernel_size"].sequence) == [3, 5, 7, 9]
+    assert set(space.keys()) == PAPER_DIMENSIONS | BEYOND_THE_PAPER
+    assert list(space["mixer"].choices) == ["depthwise", "inception"]
+    assert list(space["band_kernel"].choices) == [7, 11]
+    assert list(space["kernel_size"].choices) == [3, 5, 7, 9]
     assert set(space["act_type"].choices) == {"relu", "gelu", "elu", "celu"}
     assert set(space["norm_type"].choices) == {"batchnorm", "layernorm"}
     assert set(space["downsample"].choices) == {"maxpool", "conv", "blurpool"}
@@ -73,6 +79,20 @@ def test_conditions(space):
         validate(no_norm)
     del no_norm["norm_type"]
     assert "norm_type" not in dict(validate(no_norm))
+
+
+def test_mixer_conditions():
+    inception = {k: v for k, v in preset("nexception").items() if k != "kernel_size"}
+    inception.update(mixer="inception", band_kernel=7)
+    assert "kernel_size" not in to_dict(validate(inception))
+    with pytest.raises(ValueError, match=r"hyperparameter 'kernel_size' must not be set.*mixer == 'depthwise'"):
+        validate({**inception, "kernel_size": 5})
+    with pytest.raises(ValueError, match=r"hyperparameter 'band_kernel' must not be set.*mixer == 'inception'"):
+        validate({**preset("nexception"), "band_kernel": 11})
+    with pytest.raises(ValueError, match="'band_kernel' is missing"):
+        validate({k: v for k, v in inception.items() if k != "band_kernel"})
+    with pytest.raises(ValueError, match="'band_kernel'"):
+        validate({**inception, "band_kernel": 9})
 
 
 @pytest.mark.parametrize(
@@ -108,14 +128,14 @@ def test_describe_and_cli_json():
     out = subprocess.run([sys.executable, "-m", "nexsearch.cli", "space", "--json"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
-    assert data["size"] == info["size"] == 83_520
-    assert set(data["hyperparameters"]) == PAPER_DIMENSIONS
+    assert data["size"] == info["size"] == 125_280
+    assert set(data["hyperparameters"]) == PAPER_DIMENSIONS | BEYOND_THE_PAPER
 
 
 def test_cli_table_prints_count():
     out = subprocess.run([sys.executable, "-m", "nexsearch.cli", "space"], capture_output=True, text=True)
     assert out.returncode == 0
-    assert "83,520" in out.stdout and "kernel_size" in out.stdout
+    assert "125,280" in out.stdout and "kernel_size" in out.stdout and "band_kernel" in out.stdout
 
 
 def test_sampled_configs_roundtrip(space):
@@ -136,3 +156,23 @@ def test_plain_data_description_matches_the_configspace(space):
                           "print('ConfigSpace' in sys.modules, 'torch' in sys.modules)"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "False False"
+
+
+def test_deepcave_importance_with_both_mixers(tmp_path):
+    """kernel_size and band_kernel are inactive in half of the space: DeepCAVE must still encode the run."""
+    from smac.runner import TargetFunctionRunner
+
+    from nexsearch.analysis.run import load_run
+    from nexsearch.bench.smac import fake_target
+    from nexsearch.runners.experiment import Experiment
+    from nexsearch.runners.search import _build_smac
+
+    exp = Experiment(name="mixers", dataset="synthetic", max_trials=12, initial_design=10, min_epochs=1, max_epochs=1)
+    smac = _build_smac(exp, tmp_path, lambda scenario, required: TargetFunctionRunner(
+        scenario, fake_target, required_arguments=["seed"]), [])
+    smac.optimize()
+    run = load_run(tmp_path)
+    assert set(run.trials["mixer"]) == {"depthwise", "inception"}
+    assert run.trials["kernel_size"].isna().any() and run.trials["band_kernel"].isna().any()
+    imp = run.importance("fanova")
+    assert {"mixer", "kernel_size", "band_kernel"} <= set(imp["hyperparameter"])

@@ -66,10 +66,17 @@ def plot_trajectories(runs: Iterable["Run"], objective: str = "error") -> "plt.F
     return fig
 
 
-def plot_pareto(run: "Run", metrics: tuple[str, ...] = ("params", "macs", "throughput")) -> "plt.Figure":
-    """Error against parameters, MACs and throughput, with the Pareto front (the paper's Figures 2-3 style)."""
+FULL_SIZE_METRICS = ("full_params", "full_macs", "full_latency_ms")
+
+
+def plot_pareto(run: "Run", metrics: tuple[str, ...] | None = None) -> "plt.Figure":
+    """Error against parameters, MACs and throughput, with the Pareto front (the paper's Figures 2-3 style);
+    by default also against the full-size model's parameters, MACs and latency where the run recorded them."""
     ok = run.successful
     err = run.objectives[0]
+    if metrics is None:
+        metrics = ("params", "macs", "throughput") + tuple(
+            m for m in FULL_SIZE_METRICS if m in ok and ok[m].notna().any())
     note = ""
     if ok["budget"].nunique() > 1:  # multi-fidelity: compare configurations at the highest budget only
         top = ok["budget"].max()
@@ -92,7 +99,8 @@ def plot_pareto(run: "Run", metrics: tuple[str, ...] = ("params", "macs", "throu
             ax.legend()
         ax.set_xlabel(metric)
         ax.set_ylabel(f"validation {err}")
-        ax.set_xscale("log" if metric in ("params", "macs") and (data[metric] > 0).all() and not data.empty else "linear")
+        log = metric in ("params", "macs", "full_params", "full_macs") and (data[metric] > 0).all() and not data.empty
+        ax.set_xscale("log" if log else "linear")
         ax.grid(alpha=0.3)
     fig.suptitle(f"{run.name}: error against cost{note}")
     fig.tight_layout()

@@ -32,6 +32,8 @@ def analyze(run_dir: str | Path, out: str | Path | None = None, top: int = 5) ->
         "failed": int((trials["status"] != "success").sum()), "incumbent": run.incumbent,
         "failure_reasons": trials.loc[trials["status"] != "success", "reason"].value_counts().head(5).to_dict(),
     }
+    if len(run.objectives) > 1:  # e.g. error against the full-size model's latency
+        summary["pareto_front"] = run.pareto_front().loc[:, ["trial", *run.objectives]].to_dict("records")
     multi_fidelity = trials["budget"].nunique() > 1
     notes = []
     for method in ("lpi", "fanova"):
@@ -64,6 +66,10 @@ def print_summary(summary: dict[str, Any]) -> None:
     err = next(iter(inc["metrics"].values()))
     print(f"incumbent: trial {inc['trial']}, validation error {err:.4f}")
     print("  " + ", ".join(f"{k}={v}" for k, v in inc["config"].items()))
+    if summary.get("pareto_front"):
+        print(f"Pareto front ({', '.join(k for k in summary['pareto_front'][0] if k != 'trial')}):")
+        for p in summary["pareto_front"]:
+            print(f"  trial {p['trial']}: " + ", ".join(f"{k} {v:.4g}" for k, v in p.items() if k != "trial"))
     for method in ("lpi", "fanova"):
         if f"top_{method}" in summary:
             top = ", ".join(f"{r['hyperparameter']} {r['importance']:.3f}" for r in summary[f"top_{method}"])

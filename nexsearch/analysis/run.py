@@ -21,7 +21,7 @@ from nexsearch.runners.status import find_smac_dir, load_runhistory, read_json_r
 from nexsearch.search_space.space import SPACE
 
 RECORD_COLUMNS = ("train_time_s", "params", "macs", "throughput", "latency_ms", "peak_memory_mb", "epochs_run",
-                  "val_loss")
+                  "val_loss", "full_params", "full_macs", "full_latency_ms")
 
 
 def _key(config: dict[str, Any], seed: Any, budget: Any) -> str:

@@ -23,8 +23,8 @@ from nexsearch.device import (
 )
 from nexsearch.errors import UserError
 
-DEFAULT_MODELS = ("nexception_t", "nexception_tp", "nexception_s", "xception_nexsearch",
-                  "convnext_tiny", "legacy_xception", "resnet50")
+DEFAULT_MODELS = ("nexception_t", "nexception_tp", "nexception_s", "xception_nexsearch", "nexception_i_t",
+                  "nexception_i_tp", "convnext_tiny", "legacy_xception", "resnet50")
 # Paper table 3 throughput ratios (RTX 2080 Ti): ours / baseline.
 PAPER_RATIOS = {("nexception_tp", "convnext_tiny"): 1428 / 1125, ("nexception_t", "legacy_xception"): 965 / 756}
 

@@ -27,7 +27,7 @@ def fake_target(config, seed: int = 0) -> float:
     c = dict(config)
     err = 0.45
     err -= 0.08 if c["block"] == "bottleneck" else 0.0
-    err -= {3: 0.0, 5: 0.03, 7: 0.025, 9: 0.01}[c["kernel_size"]]
+    err -= {3: 0.0, 5: 0.03, 7: 0.025, 9: 0.01}.get(c.get("kernel_size"), 0.02)  # inactive for mixer inception
     err -= 0.02 if c["se"] else 0.0
     err += 0.01 * abs(sum(c[f"act_before_{i}"] for i in (1, 2, 3)) - 1)
     err += 0.01 * abs(sum(c[f"norm_after_{i}"] for i in (1, 2, 3)) - 2)

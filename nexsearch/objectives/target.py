@@ -25,10 +25,12 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from nexsearch.objectives.datasets import Splits, load_dataset
+from nexsearch.objectives.full_size import full_size_record
 from nexsearch.objectives.trainer import TrainSettings, resolve_device, train_proxy
 
 # Objective name -> key of the trainer's record. The first objective is always the error.
-OBJECTIVES = {"error": "cost", "latency": "latency_ms", "params": "params", "macs": "macs"}
+OBJECTIVES = {"error": "cost", "latency": "latency_ms", "params": "params", "macs": "macs",
+              "full_latency": "full_latency_ms", "full_params": "full_params", "full_macs": "full_macs"}
 
 
 @dataclass
@@ -48,6 +50,8 @@ class ObjectiveSpec:
     objectives: tuple[str, ...] = ("error",)
     trials_path: str | None = None  # JSON lines, one per finished trial
     deadline: float | None = None  # epoch seconds: trials stop (status timeout) when the search's budget ends
+    full_layout: str = "tp"  # full-size layout of full_params / full_macs / full_latency (objectives/full_size.py)
+    latency_cache: str | None = None  # JSON lines: full-size latency per configuration, layout and device
 
     def __post_init__(self) -> None:
         self.objectives = tuple(self.objectives)
@@ -131,6 +135,8 @@ def evaluate_trial(config: Any, seed: int = 0, budget: float | None = None) -> t
             raise TrialFailed({"status": "skipped", "reason": "the search's wall-clock budget ended before this trial"})
         settings.time_limit_s = left if settings.time_limit_s is None else min(settings.time_limit_s, left)
     record = train_proxy(dict(config), splits, settings, seed=int(seed), budget=budget)
+    record.update(full_size_record(record, spec.full_layout, "full_latency" in spec.objectives, spec.latency_cache,
+                                   settings.crash_cost))
     record.update(start_time=started, end_time=time.time(), host=socket.gethostname(), pid=os.getpid())
     if spec.trials_path:
         append_jsonl(spec.trials_path, record)

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 import yaml
 
 from nexsearch.errors import UserError
+from nexsearch.objectives.full_size import CACHE_FILE as LATENCY_CACHE, check_layout
 from nexsearch.objectives.target import OBJECTIVES, ObjectiveSpec
 from nexsearch.objectives.trainer import TrainSettings
 
@@ -63,6 +64,7 @@ class Experiment:
     workers_per_gpu: int = 1  # trials sharing one GPU under workers: auto (measure with nexsearch bench trials)
     scheduler: str | None = None  # address of an existing Dask scheduler
     train: dict[str, Any] = field(default_factory=dict)  # TrainSettings fields
+    full_layout: str = "tp"  # full-size layout of the full_params / full_macs / full_latency objectives
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -85,6 +87,7 @@ class Experiment:
         if not 0 <= self.crash_cost < float("inf"):
             raise UserError(f"crash_cost must be finite and non-negative, got {self.crash_cost}")
         TrainSettings.from_dict(self.train)  # unknown keys -> one-line error
+        check_layout(self.full_layout)
 
     @property
     def run_dir(self) -> Path:
@@ -99,7 +102,8 @@ class Experiment:
         return ObjectiveSpec(
             dataset=self.dataset, data_dir=self.data_dir, download=self.download, val_fraction=self.val_fraction,
             data_seed=self.seed, image_size=self.image_size, train_subset=self.train_subset, train=train, objectives=tuple(self.objectives),
-            trials_path=str(trials_path) if trials_path else None, deadline=deadline,
+            trials_path=str(trials_path) if trials_path else None, deadline=deadline, full_layout=self.full_layout,
+            latency_cache=str(Path(trials_path).parent / LATENCY_CACHE) if trials_path else None,
         )
 
     def to_dict(self) -> dict[str, Any]:

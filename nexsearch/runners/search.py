@@ -32,6 +32,7 @@ from rich.console import Console
 from smac.callback import Callback
 
 from nexsearch.errors import UserError
+from nexsearch.objectives.full_size import check_fits
 from nexsearch.runners.budget import format_duration
 from nexsearch.runners.experiment import Experiment, read_saved_experiment, save_experiment
 from nexsearch.runners.status import backup_smac_state, repair_smac_state
@@ -39,7 +40,9 @@ from nexsearch.runners.status import backup_smac_state, repair_smac_state
 STATE_FILE = "nexsearch.json"
 TRIALS_FILE = "trials.jsonl"
 HEARTBEAT_S = 5.0
-SECONDARY_CRASH_COST = 1e6  # latency / params / MACs of a crashed trial, for SMAC's surrogate only
+# Latency / params / MACs of a crashed trial, for SMAC's surrogate only: above every real value (full-size
+# MACs included), since SMAC normalises by the successful trials' range without clipping.
+SECONDARY_CRASH_COST = 1e15
 
 
 def smac_dir(run_dir: Path, seed: int) -> Path:
@@ -213,6 +216,7 @@ def run_search(exp: Experiment, budget_s: float, console: Console | None = None)
 
     logging.getLogger("smac").setLevel(logging.ERROR)  # the live view reports progress; SMAC's INFO lines would drown it
     console = console or Console()
+    check_fits(exp.objectives, exp.full_layout, exp.device)  # full_latency: the full-size models fit on the device
     run_dir, resumed = prepare_run_dir(exp)
     lock = _lock(run_dir)
     client = cluster = None

@@ -12,6 +12,14 @@ Three kinds of layout share the same blocks:
 
 Layers come from ``timm.layers``; the structure follows timm's model files: small blocks,
 one model class, ``forward_features`` / ``forward_head``.
+
+The ``mixer`` is the spatial (depthwise) part of every separable convolution inside the blocks:
+a k x k depthwise convolution, or timm's ``InceptionDWConv2d`` (InceptionNeXt: a 3x3, a 1 x b and a
+b x 1 depthwise branch on 1/8 of the channels each, the rest passed through). The exit flow's two
+3x3 separable convolutions are not part of a block and keep their 3x3 depthwise convolution.
+``InceptionDWConv2d`` has no stride (its identity and band branches cannot downsample), so where a
+block's separable convolution has stride 2 (``downsample: conv``) the inception mixer is replaced by
+its square branch over all channels: a 3x3/2 depthwise convolution.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from timm.layers import (
     make_divisible,
 )
 from timm.models import checkpoint_seq
+from timm.models.inception_next import InceptionDWConv2d
 
 from nexsearch.search_space.layouts import LAYOUTS, Layout, model_cfg
 from nexsearch.search_space.space import DEFAULT_ACT, DEFAULT_NORM, N_POSITIONS, validate
@@ -44,7 +53,9 @@ from nexsearch.search_space.space import DEFAULT_ACT, DEFAULT_NORM, N_POSITIONS,
 class Design:
     """A configuration resolved into the layer choices the blocks read."""
 
-    kernel_size: int
+    mixer: str
+    kernel_size: int | None  # mixer "depthwise"
+    band_kernel: int | None  # mixer "inception"
     stem: str
     downsample: str
     block: str
@@ -61,7 +72,9 @@ class Design:
         act = c.get("act_type", DEFAULT_ACT)
         norm = c.get("norm_type", DEFAULT_NORM)
         return cls(
-            kernel_size=int(c["kernel_size"]),
+            mixer=str(c["mixer"]),
+            kernel_size=int(c["kernel_size"]) if "kernel_size" in c else None,
+            band_kernel=int(c["band_kernel"]) if "band_kernel" in c else None,
             stem=str(c["stem"]),
             downsample=str(c["downsample"]),
             block=str(c["block"]),
@@ -74,16 +87,25 @@ class Design:
         )
 
 
-def _sepconv_sequence(
-    widths: Sequence[tuple[int, int]], design: Design, kernel_size: int, last_stride: int = 1
-) -> nn.Sequential:
+def _separable(cin: int, cout: int, design: Design, stride: int = 1) -> nn.Module:
+    """A separable conv whose depthwise part is the configured mixer (module docstring: stride 2)."""
+    if design.mixer == "depthwise":
+        return SeparableConv2d(cin, cout, design.kernel_size, stride=stride)
+    conv = SeparableConv2d(cin, cout, 3, stride=stride)
+    if stride == 1:
+        conv.conv_dw = InceptionDWConv2d(cin, square_kernel_size=3, band_kernel_size=design.band_kernel,
+                                         branch_ratio=1 / 8)
+    return conv
+
+
+def _sepconv_sequence(widths: Sequence[tuple[int, int]], design: Design, last_stride: int = 1) -> nn.Sequential:
     """Separable convs with the configured activations in front and norms behind."""
     layers: list[nn.Module] = []
     for i, (cin, cout) in enumerate(widths):
         if design.acts[i]:
             layers.append(design.act_layer())
         stride = last_stride if i == len(widths) - 1 else 1
-        layers.append(SeparableConv2d(cin, cout, kernel_size, stride=stride))
+        layers.append(_separable(cin, cout, design, stride))
         if design.norms[i]:
             layers.append(design.norm_layer(cout))
     return nn.Sequential(*layers)
@@ -151,7 +173,7 @@ class DownsampleBlock(nn.Module):
         super().__init__()
         mid = out_chs if grow_first else in_chs
         conv_stride = 2 if design.downsample == "conv" else 1
-        self.convs = _sepconv_sequence([(in_chs, mid), (mid, out_chs)], design, design.kernel_size, conv_stride)
+        self.convs = _sepconv_sequence([(in_chs, mid), (mid, out_chs)], design, conv_stride)
         if design.downsample == "maxpool":
             self.pool = nn.MaxPool2d(3, stride=2, padding=1)
         elif design.downsample == "blurpool":
@@ -176,7 +198,7 @@ class MiddleBlock(nn.Module):
             widths = [(chs, wide), (wide, chs), (chs, chs)]
         else:
             widths = [(chs, chs)] * 3
-        self.convs = _sepconv_sequence(widths, design, design.kernel_size)
+        self.convs = _sepconv_sequence(widths, design)
         self.se = _squeeze_excite(chs, design)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
@@ -204,7 +226,7 @@ def _isotropic(
     stem_w = scale(layout.stem_width)
     entry = [scale(c) for c in layout.entry_widths]
     exit_w = [scale(c) for c in layout.exit_widths]
-    dpr = torch.linspace(0, dpr_max, len(entry) + n_middle + 1).tolist()
+    dpr = torch.linspace(0, dpr_max, len(entry) + n_middle + 1, device="cpu").tolist()  # cpu: also under a meta device
     blocks: list[nn.Module] = []
     cin = stem_w
     for i, cout in enumerate(entry):
@@ -227,7 +249,7 @@ def _pyramid(
         raise ValueError(f"layout '{layout.name}' takes {len(layout.depths)} per-stage depths, got {depth!r}")
     depths = layout.depths if depth is None else tuple(int(d) for d in depth)
     dims = [scale(d) for d in layout.dims]
-    dpr = torch.linspace(0, dpr_max, sum(depths)).tolist()
+    dpr = torch.linspace(0, dpr_max, sum(depths), device="cpu").tolist()  # cpu: also under a meta device
     stages, k = [], 0
     for i, (d, dim) in enumerate(zip(depths, dims)):
         layers: list[nn.Module] = []

@@ -53,15 +53,21 @@ _NORMS = tuple(f"norm_after_{i}" for i in range(1, N_POSITIONS + 1))
 
 # The design space, parents before children. Its defaults are the original Xception.
 DIMENSIONS: tuple[Dimension, ...] = (
-    Dimension("kernel_size", (3, 5, 7, 9), 3, "kernel size of the depthwise convolutions in every block",
-              ordinal=True),
+    Dimension("mixer", ("depthwise", "inception"), "depthwise", "spatial part of every separable conv in the "
+              "blocks: depthwise k x k convolution, or inception (InceptionNeXt: 3x3, 1xb and bx1 depthwise branches "
+              "on 1/8 of the channels each, the rest identity; a stride-2 conv keeps a 3x3/2 depthwise conv)"),
+    # kernel_size and band_kernel (like expansion below) are categorical, not ordinal: they are
+    # conditional, and DeepCAVE 1.4.1 cannot impute an inactive ordinal hyperparameter.
+    Dimension("kernel_size", (3, 5, 7, 9), 3, "kernel size of the depthwise convolutions in every block "
+              "(mixer: depthwise)", active_when=(("mixer", "depthwise"),)),
+    Dimension("band_kernel", (7, 11), 11, "length b of the inception mixer's 1xb and bx1 band kernels",
+              active_when=(("mixer", "inception"),)),
     Dimension("stem", ("conv", "patch"), "conv", "conv: Xception's 3x3/2 + 3x3 convolutions; patch: 'soft' 2x2/2 "
               "patchify"),
     Dimension("downsample", ("maxpool", "conv", "blurpool"), "maxpool", "maxpool 3x3/2; conv: the block's last conv "
               "has stride 2; blurpool: max pool 3x3/1 then anti-aliased blur pool /2 (MaxBlurPool)"),
     Dimension("block", ("xception", "bottleneck"), "xception", "middle-flow block: xception (3 convs, constant "
               "width) or inverted bottleneck"),
-    # Categorical, not ordinal: DeepCAVE 1.4.1 cannot impute an inactive ordinal hyperparameter.
     Dimension("expansion", (2, 3, 4), 3, "bottleneck expansion ratio: conv 1 expands C -> ratio*C, conv 2 projects "
               "back", active_when=(("block", "bottleneck"),)),
     Dimension("se", (False, True), False, "squeeze-and-excitation at the end of every block"),

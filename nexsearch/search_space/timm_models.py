@@ -69,6 +69,18 @@ def xception_nexsearch(pretrained: bool = False, **kwargs: Any) -> NexNet:
 
 
 @register_model
+def nexception_i_t(pretrained: bool = False, **kwargs: Any) -> NexNet:
+    """NEXcepTion-T with InceptionNeXt's mixer (band kernel 11) in every block; not in the paper."""
+    return _preset_model("nexception_i_t", pretrained, **kwargs)
+
+
+@register_model
+def nexception_i_tp(pretrained: bool = False, **kwargs: Any) -> NexNet:
+    """NEXcepTion-TP with InceptionNeXt's mixer (band kernel 11) in every block; not in the paper."""
+    return _preset_model("nexception_i_tp", pretrained, **kwargs)
+
+
+@register_model
 def nexsearch_net(
     pretrained: bool = False, config: dict[str, Any] | str | Path | None = None, layout: str | None = None,
     **kwargs: Any,
