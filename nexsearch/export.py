@@ -152,8 +152,12 @@ def export_model(
         raise UserError(f"cannot write {out}: folder {out.parent} does not exist")
     if not os.access(out.parent, os.W_OK):
         raise UserError(f"cannot write {out}: folder {out.parent} is not writable")
-    _atomic_write(out.with_name(f".{out.name}.probe"), lambda p: p.write_bytes(b""))  # before building the model
-    out.with_name(f".{out.name}.probe").unlink()
+    probe = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:  # before building the model: can a file be written there at all?
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"cannot write {out} ({exc.strerror or exc}): choose another --out") from None
     layout = LAYOUTS[size]
     torch.manual_seed(seed)
     model = NexNet(config, size, num_classes=num_classes).eval()

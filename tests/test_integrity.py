@@ -4,6 +4,7 @@ before a run starts. One group of tests per defect; small data, tiny proxies, bu
 import errno
 import io
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -42,6 +43,9 @@ def entries(run_dir: Path) -> list[dict]:
     return json.loads(rh_path(run_dir).read_text())["data"]
 
 
+CUT: set[int] = set()  # calls of the fake target that are cut
+
+
 @pytest.fixture
 def fake_trials(monkeypatch):
     """SMAC's target without training: a deterministic error per configuration, a few ms per trial."""
@@ -50,6 +54,8 @@ def fake_trials(monkeypatch):
     def evaluate(config, seed=0, budget=None):
         calls.append(dict(config))
         time.sleep(0.02)
+        if len(calls) in CUT:  # never told to SMAC: what a kill -9 or the budget's end leaves behind
+            raise target.TrialCut({"status": "cut", "reason": "cut in a test"})
         return 0.1 + len(json.dumps(dict(config), sort_keys=True, default=str)) % 97 / 1000, {"status": "ok"}
 
     monkeypatch.setattr(target, "evaluate_trial", evaluate)
@@ -167,43 +173,46 @@ def test_trial_stopped_by_the_deadline_is_cut(tmp_path, monkeypatch):
 
 # 3. RUNNING entries left by a kill --------------------------------------------------------------------------------
 
-def _mark_running(run_dir: Path, n: int) -> list[dict]:
-    """What kill -9 leaves: the last n trials RUNNING in runhistory.json (and in its backup)."""
-    out = []
-    for path in (rh_path(run_dir), rh_path(run_dir).parent / BACKUP_DIR / "runhistory.json"):
-        rh = json.loads(path.read_text())
-        for t in rh["data"][-n:]:
-            t.update(status=0, cost=2147483647.0, starttime=0.0, endtime=0.0, additional_info={})
-        rh["stats"].update(finished=rh["stats"]["finished"] - n, running=rh["stats"]["running"] + n)
-        path.write_text(json.dumps(rh))
-        out = rh["data"][-n:]
-    return out
-
-
-def test_running_trials_left_by_a_kill_are_evaluated_again_and_counted_alike(tmp_path, fake_trials):
+def test_running_trials_left_by_a_kill_are_evaluated_again_and_counted_alike(tmp_path, fake_trials, monkeypatch):
     from nexsearch.analysis import load_run
 
-    out = fake_run(tmp_path / "run", 4.0)
-    exp = tiny(out)
-    left = _mark_running(out, 2)
-    rh = json.loads(rh_path(out).read_text())
-    ids = [str(t["config_id"]) for t in left]
+    out = fake_run(tmp_path / "run", trials=2)
+    for _ in range(10):  # the next two trials are in flight and never told: as after a kill -9
+        monkeypatch.setattr(sys.modules[__name__], "CUT", {len(fake_trials) + 1, len(fake_trials) + 2})
+        used = json.loads((out / "nexsearch.json").read_text())["used_s"]
+        run_search(tiny(out), used + 4.0, console=quiet())
+        rh = json.loads(rh_path(out).read_text())
+        left = [t for t in rh["data"] if t["status"] == 0]
+        if len(left) == 2:
+            break
+    assert len(left) == 2
+    monkeypatch.setattr(sys.modules[__name__], "CUT", set())
     # every view counts them apart, neither finished nor failed
     info = run_status(out)
-    assert info["interrupted"] == len([t for t in rh["data"] if t["status"] == 0]) >= 2
     done = len([t for t in rh["data"] if t["status"] != 0])
-    assert info["finished"] + info["failed"] == done
+    assert info["interrupted"] == 2 and info["finished"] + info["failed"] == done
     run = load_run(out)
-    assert len(run.trials) == done and run.unfinished == info["interrupted"]
+    assert len(run.trials) == done and run.unfinished == 2
+    assert "trials interrupted" in _status_table(out)
     # the resume evaluates them first, through SMAC's own loop
     fake_trials.clear()
     console = Console(file=io.StringIO(), width=300)
     used = json.loads((out / "nexsearch.json").read_text())["used_s"]
-    run_search(exp, used + 3.0, console=console)
-    assert "evaluated again first" in console.file.getvalue()
-    assert fake_trials[: len(ids)] == [rh["configs"][i] for i in ids]
+    run_search(tiny(out), used + 10.0, console=console)
+    assert "2 trial(s) interrupted when the last session ended are evaluated again first" in console.file.getvalue()
+    assert fake_trials[:2] == [rh["configs"][str(t["config_id"])] for t in left]
     after = {(t["config_id"], t["seed"]): t["status"] for t in entries(out)}
     assert all(after[(t["config_id"], t["seed"])] == 1 for t in left)
+    assert run_status(out)["interrupted"] == 0
+
+
+def _status_table(run: Path) -> str:
+    import contextlib
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(["status", str(run)]) == 0
+    return buf.getvalue()
 
 
 # 4. Mistakes refused before the run starts ------------------------------------------------------------------------
