@@ -16,6 +16,10 @@ truncated file) and at the end reports, per kill and in total:
   (the difference is the budget *lost* by that kill), and the whole run's drift: total wall time
   of all sessions minus the budget.
 
+``--after-heartbeat`` counts the kill moment from the session's first heartbeat instead of its process
+start (so kills hit a live search, not the start-up); ``--run-args '--max-epochs 1'`` passes flags on to
+``nexsearch run``; ``--final-extra S`` gives the last session only S seconds beyond what the kills used.
+
 Prints a Markdown table and one JSON object (``--json FILE`` writes it too).
 """
 
@@ -68,10 +72,24 @@ def _group(pgid: int) -> list[int]:
     return out
 
 
-def series(kills: int, budget: str, out: Path, workers: int, min_s: float, max_s: float, seed: int) -> dict:
+def _alive(run_dir: Path, proc: subprocess.Popen) -> float:
+    """Wait until this session's heartbeat is in the state file; seconds since the start."""
+    t0 = time.time()
+    while proc.poll() is None:
+        try:
+            if json.loads((run_dir / "nexsearch.json").read_text()).get("pid") == proc.pid:
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.1)
+    return time.time() - t0
+
+
+def series(kills: int, budget: str, out: Path, workers: int, min_s: float, max_s: float, seed: int,
+           after_heartbeat: bool = False, final_extra: float | None = None, extra: list[str] | None = None) -> dict:
     rng = random.Random(seed)
     cmd = [sys.executable, "-m", "nexsearch.cli", "run", "--config", str(REPO / "experiments" / "digits_demo.yaml"),
-           "--budget", budget, "--out", str(out), "--workers", str(workers)]
+           "--budget", budget, "--out", str(out), "--workers", str(workers), *(extra or [])]
     env = dict(os.environ, PYTHONPATH=str(REPO))
     rows, sessions_wall, load = [], 0.0, [os.getloadavg()[0]]
     for k in range(kills):
@@ -79,6 +97,7 @@ def series(kills: int, budget: str, out: Path, workers: int, min_s: float, max_s
         t0 = time.time()
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
                                 env=env, cwd=REPO, start_new_session=True)
+        alive_after = _alive(out, proc) if after_heartbeat else 0.0
         wait = rng.uniform(min_s, max_s)
         try:
             proc.wait(timeout=wait)
@@ -99,13 +118,15 @@ def series(kills: int, budget: str, out: Path, workers: int, min_s: float, max_s
             except ProcessLookupError:
                 pass
         after = _snapshot(out)
-        rows.append({"kill": k + 1, "after_s": round(wall, 2), "finished_before_kill": len(last["finished"]),
+        rows.append({"kill": k + 1, "after_s": round(wall, 2), "heartbeat_after_s": round(alive_after, 2), "finished_before_kill": len(last["finished"]),
                      "finished_after_kill": len(after["finished"]), "orphans": len(orphans),
                      "lost_at_kill": len(last["finished"] - after["finished"]), "running_left": len(after["running"]),
                      "running_keys": sorted(after["running"]), "counted_s": round(after["used_s"] - before["used_s"], 2),
                      "uncounted_s": round(wall - (after["used_s"] - before["used_s"]), 2),
                      "finished_keys": sorted(after["finished"])})
     t0 = time.time()
+    if final_extra is not None:  # the last session: this much budget beyond what the kills used, not the whole rest
+        cmd[cmd.index("--budget") + 1] = f"{_snapshot(out)['used_s'] + final_extra:.0f}s"
     final_proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, env=env, cwd=REPO)
     sessions_wall += time.time() - t0
     load.append(os.getloadavg()[0])
@@ -124,7 +145,7 @@ def series(kills: int, budget: str, out: Path, workers: int, min_s: float, max_s
         "drift_s": round(sessions_wall - end["used_s"], 1),
         "uncounted_per_kill_s": {"mean": round(sum(r["uncounted_s"] for r in rows) / max(1, len(rows)), 2),
                                  "max": max((r["uncounted_s"] for r in rows), default=0.0)},
-        "load_avg_1m": load, "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "after_heartbeat": after_heartbeat, "load_avg_1m": load, "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "rows": rows,
     }
 
@@ -148,12 +169,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-s", type=float, default=2.0, help="earliest kill after a start (s)")
     p.add_argument("--max-s", type=float, default=25.0, help="latest kill after a start (s)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--after-heartbeat", action="store_true",
+                   help="count the kill moment from the session's first heartbeat (the run is alive) instead of "
+                        "from the process start: kills hit trials, not the start-up")
+    p.add_argument("--final-extra", type=float, help="last session: the budget used by then plus this many "
+                   "seconds (default: the rest of --budget)")
+    p.add_argument("--run-args", help="more flags for nexsearch run, e.g. '--max-epochs 1'")
     p.add_argument("--json", help="also write the result here")
     args = p.parse_args(argv)
     out = Path(args.out)
     if out.exists():
         p.error(f"{out} exists: pass a new run directory")
-    result = series(args.kills, args.budget, out, args.workers, args.min_s, args.max_s, args.seed)
+    result = series(args.kills, args.budget, out, args.workers, args.min_s, args.max_s, args.seed,
+                    args.after_heartbeat, args.final_extra, args.run_args.split() if args.run_args else None)
+    result["command"] = " ".join(sys.argv)
     print(markdown(result))
     print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=2))
     if args.json:
