@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import random
+import shlex
 import signal
 import subprocess
 import sys
@@ -182,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"{out} exists: pass a new run directory")
     result = series(args.kills, args.budget, out, args.workers, args.min_s, args.max_s, args.seed,
                     args.after_heartbeat, args.final_extra, args.run_args.split() if args.run_args else None)
-    result["command"] = " ".join(sys.argv)
+    result["command"] = shlex.join(["python", *sys.argv])
     print(markdown(result))
     print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=2))
     if args.json:
