@@ -51,14 +51,27 @@ def _run(args: argparse.Namespace) -> int:
     from nexsearch.runners.search import run_search
 
     budget = parse_budget(args.budget)
+    started_at = _process_start()
     overrides = {
         "dataset": args.dataset, "data_dir": args.data_dir, "device": args.device, "seed": args.seed,
         "output_dir": args.out, "optimizer": args.optimizer, "min_epochs": args.min_epochs,
         "max_epochs": args.max_epochs, "objectives": args.objectives, "workers": args.workers,
         "scheduler": args.scheduler, "download": args.download, "workers_per_gpu": args.workers_per_gpu,
     }
-    run_search(load_experiment(args.config, overrides), budget)
+    run_search(load_experiment(args.config, overrides), budget, started_at=started_at)
     return 0
+
+
+def _process_start() -> float:
+    """When this process started (epoch seconds): a resumed run's budget counts its start-up too."""
+    import time
+
+    try:
+        import psutil
+
+        return min(psutil.Process().create_time(), time.time())
+    except Exception:  # no psutil, or no /proc: count from now
+        return time.time()
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
@@ -166,14 +179,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _negative_values(argv: Sequence[str]) -> list[str]:
+    """``--budget -5m`` would be taken for an option by argparse: hand the value over as ``--budget=-5m``,
+    so that the budget parser can say what is wrong with it."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] == "--budget" and arg.startswith("-") and arg[1:2].isdigit():
+            out[-1] = f"--budget={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from nexsearch.errors import RunStopped
+
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_negative_values(sys.argv[1:] if argv is None else argv))
     try:
         return int(args.func(args) or 0)
     except UserError as exc:
         print(f"nexsearch: {exc}", file=sys.stderr)
         return 2
+    except RunStopped as exc:
+        print(f"nexsearch: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("nexsearch: interrupted", file=sys.stderr)
         return 130

@@ -7,3 +7,8 @@ class UserError(ValueError):
     The CLI prints ``nexsearch: <message>`` and exits with status 2, without a traceback.
     It subclasses ``ValueError`` so library callers can catch it as one.
     """
+
+
+class RunStopped(RuntimeError):
+    """A search that had to stop (a full disk): the CLI prints one line and exits with status 1.
+    The run directory stays consistent and the same command resumes it."""

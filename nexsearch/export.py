@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -46,25 +47,30 @@ def _source_config(run_dir: str | Path | None, preset: str | None, trial: int | 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"{run_dir} does not exist: pass a run directory")
+    notes: list[str] = []
     if trial is None:
         info = run_status(run_dir)
+        notes = info["notes"]
         inc = info.get("incumbent")
         if inc is None and info.get("pareto_front"):
             inc = dict(info["pareto_front"][0], error=info["pareto_front"][0]["costs"][info["objectives"][0]])
         if inc is None:
             raise UserError(f"{run_dir} has no successful trial yet: nothing to export")
         return to_dict(validate(inc["config"])), {"run_dir": str(run_dir.resolve()), "trial": inc["trial"],
-                                                   "val_error": inc["error"]}
-    trials, configs, _ = load_runhistory(find_smac_dir(run_dir))
+                                                   "val_error": inc["error"], "notes": notes}
+    trials, configs, _ = load_runhistory(find_smac_dir(run_dir), notes=notes)
     match = [t for t in trials if t["trial"] == trial]
     if not match:
         raise UserError(f"trial {trial} not found in {run_dir}: it has trials 1..{len(trials)}")
     t = match[0]
+    if t["status_name"] == "running":
+        raise UserError(f"trial {trial} of {run_dir} has no result yet (running, or interrupted when the run stopped: "
+                        "resuming the run evaluates it again): pick a successful trial")
     if t["status_name"] != "success":
         raise UserError(f"trial {trial} of {run_dir} did not succeed ({t['status_name']}): pick a successful trial")
     cost = t["cost"][0] if isinstance(t["cost"], list) else t["cost"]
     return to_dict(validate(configs[str(t["config_id"])])), {"run_dir": str(run_dir.resolve()), "trial": trial,
-                                                              "val_error": cost}
+                                                              "val_error": cost, "notes": notes}
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -75,9 +81,18 @@ def _atomic_write(path: Path, write) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
+    except Exception as exc:  # OSError, or safetensors' own error for a file it cannot write
+        from safetensors import SafetensorError
+
+        if not isinstance(exc, (OSError, SafetensorError)):
+            raise
+        reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
+        raise UserError(f"cannot write {path} ({reason}): choose another --out") from None
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
 
 
 def model_card(meta: dict[str, Any], weights: Path) -> str:
@@ -128,6 +143,8 @@ def export_model(
     if size not in SIZES and not (size == "xception" and preset == "xception"):
         raise UserError(f"unknown size '{size}': choose one of {', '.join(SIZES)}")
     config, source = _source_config(run_dir, preset, trial)
+    for note in source.pop("notes", []):  # the run's live state file was unreadable: say which copy was read
+        print(f"note: {note}", file=sys.stderr)
     out = Path(out)
     if out.suffix != ".safetensors":
         raise UserError(f"--out must end in .safetensors, got {out.name}")
@@ -135,6 +152,12 @@ def export_model(
         raise UserError(f"cannot write {out}: folder {out.parent} does not exist")
     if not os.access(out.parent, os.W_OK):
         raise UserError(f"cannot write {out}: folder {out.parent} is not writable")
+    probe = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:  # before building the model: can a file be written there at all?
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"cannot write {out} ({exc.strerror or exc}): choose another --out") from None
     layout = LAYOUTS[size]
     torch.manual_seed(seed)
     model = NexNet(config, size, num_classes=num_classes).eval()

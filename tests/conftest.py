@@ -1,3 +1,4 @@
+import json
 import os
 
 import pytest
@@ -29,4 +30,9 @@ def small_run(tmp_path_factory):
         "train": {"width": 0.125, "batch_size": 32, "lr": 0.005, "throughput_batch": 16, "throughput_iters": 1},
     })
     run_search(exp, 12.0, console=Console(quiet=True))
+    for extra in (12.0, 24.0, 48.0):  # a loaded machine: resume until two trials succeeded (the tests need them)
+        trials = json.loads((out / "smac" / "0" / "runhistory.json").read_text())["data"]
+        if sum(t["status"] == 1 for t in trials) >= 2:
+            break
+        run_search(exp, json.loads((out / "nexsearch.json").read_text())["used_s"] + extra, console=Console(quiet=True))
     return out

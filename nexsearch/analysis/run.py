@@ -49,7 +49,11 @@ class Run:
         if not self.path.is_dir():
             raise UserError(f"{self.path} does not exist or is not a directory: pass a run directory")
         self.smac_dir = find_smac_dir(self.path)
-        self._rh, self._configs, self.objectives = load_runhistory(self.smac_dir)
+        rh, self._configs, self.objectives = load_runhistory(self.smac_dir)
+        # RUNNING entries are no results: in flight, or interrupted (a kill, the budget's end) and evaluated
+        # again when the run resumes. They are counted apart, as ``nexsearch status`` does.
+        self._rh = [t for t in rh if t["status_name"] != "running"]
+        self.unfinished = len(rh) - len(self._rh)
         if self.objectives == ["cost"]:
             self.objectives = ["error"]
         self.records = _read_jsonl(self.path / "trials.jsonl")

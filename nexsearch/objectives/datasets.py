@@ -169,10 +169,13 @@ def _folder(data_dir: Path, image_size: int) -> tuple[TensorData, int]:
         ds = ImageFolder(str(data_dir))
     except Exception as exc:
         raise UserError(f"{data_dir} is not an ImageFolder tree (one sub-folder per class): {exc}") from None
-    images = torch.stack(
-        [pil_to_tensor(resize(ds.loader(path).convert("RGB"), [image_size, image_size], antialias=True))
-         for path, _ in ds.samples]
-    )
+    def read(path: str) -> torch.Tensor:
+        try:
+            return pil_to_tensor(resize(ds.loader(path).convert("RGB"), [image_size, image_size], antialias=True))
+        except Exception as exc:  # a truncated or mislabelled file
+            raise UserError(f"cannot read image {path} ({type(exc).__name__}: {exc}): remove or replace it") from None
+
+    images = torch.stack([read(path) for path, _ in ds.samples])
     return TensorData(images, torch.as_tensor(ds.targets, dtype=torch.int64)), len(ds.classes)
 
 

@@ -11,6 +11,10 @@ A trial that fails (out of memory, diverged, crashed, timed out) is written to t
 with its reason and raised to SMAC as ``TrialFailed``, which SMAC records as CRASHED with the
 scenario's finite ``crash_cost``. A successful trial returns its cost(s) plus the trainer's
 record as SMAC's ``additional_info``.
+
+A trial that the end of the search's wall-clock budget stops (or refuses to start) is no
+result: it is logged with status ``cut`` and raised as ``TrialCut``, which the runners
+(``is_cut``) keep from SMAC, so that a resumed or extended search evaluates it again.
 """
 
 from __future__ import annotations
@@ -81,6 +85,15 @@ class TrialFailed(RuntimeError):
         super().__init__(f"{record['status']}: {record['reason']}")
 
 
+class TrialCut(TrialFailed):
+    """Raised for a trial cut by the end of the search's budget: no result, never told to SMAC."""
+
+
+def is_cut(value: Any) -> bool:
+    """Whether a SMAC ``TrialValue`` comes from a ``TrialCut`` (SMAC keeps the exception's repr)."""
+    return str((value.additional_info or {}).get("error", "")).startswith(f"{TrialCut.__name__}(")
+
+
 _PROCESS: dict[str, Any] = {}
 
 
@@ -129,15 +142,22 @@ def evaluate_trial(config: Any, seed: int = 0, budget: float | None = None) -> t
     spec, splits = loaded()
     started = time.time()
     settings = spec.settings
+    by_deadline = False
     if spec.deadline is not None:
         left = spec.deadline - started
         if left <= 0:  # SMAC may hand out one more trial as the budget ends: do not start it
-            raise TrialFailed({"status": "skipped", "reason": "the search's wall-clock budget ended before this trial"})
+            _cut({"status": "cut", "reason": "the search's wall-clock budget ended before this trial started",
+                  "config": dict(config), "seed": int(seed), "budget": budget, "curve": [], "start_time": started,
+                  "end_time": time.time(), "host": socket.gethostname(), "pid": os.getpid()}, spec)
+        by_deadline = settings.time_limit_s is None or left < settings.time_limit_s
         settings.time_limit_s = left if settings.time_limit_s is None else min(settings.time_limit_s, left)
     record = train_proxy(dict(config), splits, settings, seed=int(seed), budget=budget)
     record.update(full_size_record(record, spec.full_layout, "full_latency" in spec.objectives, spec.latency_cache,
                                    settings.crash_cost))
     record.update(start_time=started, end_time=time.time(), host=socket.gethostname(), pid=os.getpid())
+    if record["status"] == "timeout" and by_deadline:
+        _cut(dict(record, status="cut", reason="the search's wall-clock budget ended during this trial "
+                                               f"({record['reason']})"), spec)
     if spec.trials_path:
         append_jsonl(spec.trials_path, record)
     if record["status"] != "ok":
@@ -146,6 +166,12 @@ def evaluate_trial(config: Any, seed: int = 0, budget: float | None = None) -> t
     if len(spec.objectives) == 1:
         return float(record["cost"]), info
     return {name: float(record[OBJECTIVES[name]]) for name in spec.objectives}, info
+
+
+def _cut(record: dict[str, Any], spec: ObjectiveSpec) -> None:
+    if spec.trials_path:
+        append_jsonl(spec.trials_path, record)
+    raise TrialCut(record)
 
 
 def target_function(config, seed: int = 0, budget: float | None = None):

@@ -16,6 +16,8 @@ def parse_budget(text: str | int | float) -> float:
         seconds = float(text)
     else:
         s = str(text).strip().lower().replace(" ", "")
+        if s.startswith("-"):
+            raise UserError(f"bad budget '{text}': a budget must be positive, e.g. {s[1:] or '90m'}")
         if re.fullmatch(r"\d+(\.\d+)?", s):
             seconds = float(s)
         else:

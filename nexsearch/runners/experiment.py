@@ -9,14 +9,18 @@ directory, data location) may change between resumes; everything else may not.
 from __future__ import annotations
 
 import dataclasses
+import math
 import sysconfig
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import yaml
 
 from nexsearch.errors import UserError
+from nexsearch.objectives.datasets import DATASETS
 from nexsearch.objectives.full_size import CACHE_FILE as LATENCY_CACHE, check_layout
 from nexsearch.objectives.target import OBJECTIVES, ObjectiveSpec
 from nexsearch.objectives.trainer import TrainSettings
@@ -37,6 +41,108 @@ EXPERIMENTS_DIR = _experiments_dir()
 
 # May differ between the original run and a resume.
 EXECUTION_FIELDS = ("workers", "workers_per_gpu", "scheduler", "device", "output_dir", "data_dir", "download")
+
+
+def _device_name(value: str) -> bool:
+    import torch
+
+    try:
+        return value == "auto" or torch.device(value).type in ("cpu", "cuda", "mps")
+    except RuntimeError:
+        return False
+
+
+def _at_least(low: float) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v >= low), f"at least {low:g}"
+
+
+_POSITIVE = ((lambda v: math.isfinite(v) and v > 0), "a number greater than 0")
+_FRACTION = ((lambda v: 0 <= v < 1), "a number from 0 up to (not including) 1")
+_FINITE_NON_NEGATIVE = ((lambda v: math.isfinite(v) and v >= 0), "a finite number >= 0")
+_DEVICE = (_device_name, "auto, cpu, cuda or cuda:N")
+
+# Value checks of the experiment's fields, checked before anything runs. Types need no entry: they come
+# from the dataclass annotations (int, float, bool, str, list, dict, X | None), so a new field is
+# type-checked as it is declared; add a line here for its range. None passes where the type allows it.
+FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "name": ((lambda v: bool(v.strip()) and "/" not in v), "a non-empty name without '/'"),
+    "dataset": ((lambda v: v in DATASETS), f"one of {', '.join(DATASETS)}"),
+    "val_fraction": ((lambda v: 0 < v < 1), "a number between 0 and 1 (exclusive)"),
+    "image_size": _at_least(8),
+    "train_subset": _at_least(2),
+    "device": _DEVICE,
+    "seed": _at_least(0),
+    "min_epochs": _at_least(1),
+    "max_epochs": _at_least(1),
+    "eta": _at_least(2),
+    "initial_design": _at_least(0),
+    "retrain_after": _at_least(1),
+    "max_trials": _at_least(1),
+    "crash_cost": _FINITE_NON_NEGATIVE,
+    "workers": _at_least(1),
+    "workers_per_gpu": _at_least(1),
+}
+# The same for the ``train:`` block (TrainSettings fields).
+TRAIN_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "epochs": _at_least(1),
+    "batch_size": _at_least(2),
+    "lr": _POSITIVE,
+    "weight_decay": _FINITE_NON_NEGATIVE,
+    "warmup_frac": _FRACTION,
+    "min_lr": _FINITE_NON_NEGATIVE,
+    "mixup": _FINITE_NON_NEGATIVE,
+    "cutmix": _FINITE_NON_NEGATIVE,
+    "label_smoothing": _FRACTION,
+    "drop_path": _FRACTION,
+    "width": _POSITIVE,
+    "depth": _at_least(0),
+    "crop_padding": _at_least(0),
+    "device": _DEVICE,
+    "time_limit_s": _POSITIVE,
+    "eval_batch_size": _at_least(1),
+    "throughput_batch": _at_least(1),
+    "throughput_iters": _at_least(1),
+    "crash_cost": _FINITE_NON_NEGATIVE,
+}
+_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list",
+               dict: "a mapping"}
+
+
+def _check_value(where: str, value: Any, hint: Any, rule: tuple[Callable[[Any], bool], str] | None) -> Any:
+    """``value`` checked against the annotation ``hint`` and the value ``rule``; returns it (a number written
+    as a string, as YAML reads ``1e-3``, becomes a float). Raises a one-line ``UserError`` naming ``where``."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        members = [a for a in args if a is not type(None)]
+        exact = [a for a in members if isinstance(value, typing.get_origin(a) or a)
+                 and not (isinstance(value, bool) and a is not bool)]
+        hint = exact[0] if exact else members[0]  # int | str: "auto" is a str; 3 an int
+    kind = typing.get_origin(hint) or hint
+    ok = isinstance(value, kind) and not (isinstance(value, bool) and kind is not bool)
+    if kind is float and not ok and not isinstance(value, bool):
+        if isinstance(value, int):
+            value, ok = float(value), True
+        elif isinstance(value, str):
+            try:
+                value, ok = float(value), True
+            except ValueError:
+                pass
+    if not ok:
+        what = _TYPE_WORDS.get(kind, getattr(kind, "__name__", str(kind)))
+        none = " (or null)" if type(None) in args else ""
+        raise UserError(f"setting '{where}' must be {what}{none}, got {value!r} ({type(value).__name__})")
+    if rule is not None and not rule[0](value):
+        raise UserError(f"setting '{where}' must be {rule[1]}, got {value!r}")
+    return value
+
+
+def check_fields(obj: Any, rules: Mapping[str, tuple[Callable[[Any], bool], str]], prefix: str = "") -> dict[str, Any]:
+    """Type and value of every field of the dataclass instance ``obj``; returns the checked values."""
+    hints = typing.get_type_hints(type(obj))
+    return {f.name: _check_value(prefix + f.name, getattr(obj, f.name), hints[f.name], rules.get(f.name))
+            for f in fields(obj)}
 
 
 @dataclass
@@ -67,10 +173,19 @@ class Experiment:
     full_layout: str = "tp"  # full-size layout of the full_params / full_macs / full_latency objectives
 
     def __post_init__(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise UserError(f"unknown optimizer '{self.optimizer}': choose one of {', '.join(OPTIMIZERS)}")
         if isinstance(self.objectives, str):
             self.objectives = [o.strip() for o in self.objectives.split(",") if o.strip()]
+        if not isinstance(self.train, dict):
+            raise UserError(f"setting 'train' must be a mapping of training settings, got {self.train!r}")
+        from nexsearch.device import resolve_workers
+
+        self.workers = resolve_workers(self.workers, self.workers_per_gpu, self.device)  # "auto" -> a count
+        for key, value in check_fields(self, FIELD_RULES).items():
+            setattr(self, key, value)
+        checked = check_fields(TrainSettings.from_dict(self.train), TRAIN_RULES, prefix="train.")  # unknown keys too
+        self.train = {k: checked[k] for k in self.train}
+        if self.optimizer not in OPTIMIZERS:
+            raise UserError(f"unknown optimizer '{self.optimizer}': choose one of {', '.join(OPTIMIZERS)}")
         self.objectives = list(self.objectives)
         bad = [o for o in self.objectives if o not in OBJECTIVES]
         if bad or not self.objectives or self.objectives[0] != "error":
@@ -81,12 +196,6 @@ class Experiment:
             raise UserError("optimizer 'parego' needs a second objective: --objectives error,latency (or params, macs)")
         if not (1 <= self.min_epochs <= self.max_epochs):
             raise UserError(f"epoch range must satisfy 1 <= min_epochs <= max_epochs, got {self.min_epochs}..{self.max_epochs}")
-        from nexsearch.device import resolve_workers
-
-        self.workers = resolve_workers(self.workers, self.workers_per_gpu, self.device)
-        if not 0 <= self.crash_cost < float("inf"):
-            raise UserError(f"crash_cost must be finite and non-negative, got {self.crash_cost}")
-        TrainSettings.from_dict(self.train)  # unknown keys -> one-line error
         check_layout(self.full_layout)
 
     @property
@@ -141,10 +250,18 @@ def load_experiment(path: str | Path | None = None, overrides: Mapping[str, Any]
     """Read an experiment YAML file and apply non-None overrides (command-line flags)."""
     p = resolve_config_path(path)
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        text = p.read_text(encoding="utf-8")
+        data = yaml.safe_load(text)
+    except UnicodeDecodeError:
+        raise UserError(f"experiment file {p} is not a text file (not UTF-8): pass a YAML experiment file") from None
+    except OSError as exc:
+        raise UserError(f"experiment file {p} cannot be read ({exc.strerror})") from None
     except yaml.YAMLError as exc:
         first = str(exc).splitlines()[0] if str(exc) else "parse error"
         raise UserError(f"experiment file {p} is not valid YAML: {first}") from None
+    if data is None:
+        raise UserError(f"experiment file {p} is empty: write the settings into it (see experiments/), or leave "
+                        "out --config for the paper's CIFAR-100 experiment")
     if not isinstance(data, dict):
         raise UserError(f"experiment file {p} must hold a mapping of settings, not {type(data).__name__}")
     return experiment_from_dict(data, overrides, source=str(p))

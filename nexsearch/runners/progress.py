@@ -39,6 +39,12 @@ class ProgressView(Callback):
     def on_ask_end(self, smbo: Any, info: Any) -> None:
         self.idle = False
 
+    def on_iteration_end(self, smbo: Any) -> None:
+        # A trial cut by the budget's end is never told (no on_tell_end): stop SMAC here, or it would go on asking.
+        self.idle = True
+        if self.should_stop():
+            smbo._stop = True
+
     def used(self) -> float:
         return self.used_before_s + time.time() - self.started
 

@@ -5,6 +5,8 @@ worker *i* trains on GPU *i mod #GPUs*, otherwise the CPU cores are shared out a
 workers. ``--scheduler ADDRESS`` joins an existing Dask scheduler instead (for example one
 started with dask-jobqueue on SLURM); each worker there uses its own first GPU or its CPU.
 
+Trials cut by the end of the budget are kept from SMAC (see ``objectives/target.py``).
+
 A worker plugin tells every worker, also one that joins or is restarted later, what to
 evaluate. A worker process that dies takes its trial with it: ``RobustDaskRunner`` records
 that trial as CRASHED (with the reason) instead of letting the error end the search, and
@@ -70,6 +72,10 @@ class RobustDaskRunner(DaskParallelRunner):
             self._pending_trials.remove(fut)
 
     def iter_results(self) -> Iterator[tuple[TrialInfo, TrialValue]]:
+        from nexsearch.objectives.target import is_cut
+
         self._process_pending_trials()
         while self._results_queue:
-            yield self._results_queue.pop(0)
+            info, value = self._results_queue.pop(0)
+            if not is_cut(value):  # cut by the budget's end: no result; SMAC keeps it RUNNING, a resume re-runs it
+                yield info, value
