@@ -14,6 +14,7 @@ if not matplotlib.get_backend().lower().startswith(("module://matplotlib_inline"
     matplotlib.use("Agg")  # no display needed; Jupyter keeps its inline backend
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import EngFormatter  # noqa: E402
 import pandas as pd  # noqa: E402
 
 if TYPE_CHECKING:
@@ -81,8 +82,12 @@ def plot_pareto(run: "Run", metrics: tuple[str, ...] | None = None) -> "plt.Figu
     if ok["budget"].nunique() > 1:  # multi-fidelity: compare configurations at the highest budget only
         top = ok["budget"].max()
         ok, note = ok[ok["budget"] == top], f" (budget {top:g})"
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 4), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
+    cols = min(3, len(metrics))  # the full-size metrics go to a second row
+    rows = -(-len(metrics) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 4 * rows), squeeze=False)
+    for ax in axes.flat[len(metrics):]:
+        ax.set_visible(False)
+    for ax, metric in zip(axes.flat, metrics):
         data = ok[[err, metric]].dropna()
         ax.scatter(data[metric], data[err], s=18, alpha=0.7)
         if not data.empty:
@@ -95,12 +100,15 @@ def plot_pareto(run: "Run", metrics: tuple[str, ...] | None = None) -> "plt.Figu
                     best = row[err]
             front_df = pd.DataFrame(front).sort_values(metric)
             ax.step(front_df[metric], front_df[err], where="pre" if sign < 0 else "post", color="C3",
-                    label="Pareto front")
+                    marker="o", markersize=4, label="Pareto front")  # marker: a front of one point shows too
             ax.legend()
         ax.set_xlabel(metric)
         ax.set_ylabel(f"validation {err}")
         log = metric in ("params", "macs", "full_params", "full_macs") and (data[metric] > 0).all() and not data.empty
         ax.set_xscale("log" if log else "linear")
+        if log:  # short labels (14M, 2G): the minor ticks of a span under a decade are labelled too
+            ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+            ax.xaxis.set_minor_formatter(EngFormatter(sep=""))
         ax.grid(alpha=0.3)
     fig.suptitle(f"{run.name}: error against cost{note}")
     fig.tight_layout()

@@ -3,8 +3,8 @@
 For every trial the configuration is also built in a full-size layout (experiment key
 ``full_layout``: ``t``, ``s`` or ``tp``, default ``tp``):
 
-* ``full_params`` and ``full_macs`` on the meta device: shapes only, no weights are allocated
-  (a fraction of a second);
+* ``full_params`` and ``full_macs`` on the meta device: shapes only, no weights are allocated (a
+  fraction of a second, once per configuration and process; not for trials that diverged or crashed);
 * ``full_latency_ms`` (the objective ``full_latency``): inference time per image of the full-size
   model on the trial's own device, measured only when that objective is asked for. CUDA: batch 64,
   fp16 autocast, channels_last, median of 10 timed batches after 3 warm-up batches. CPU: batch 1,
@@ -40,11 +40,17 @@ def check_layout(layout: str) -> None:
         raise UserError(f"unknown full_layout '{layout}': choose one of {', '.join(FULL_LAYOUTS)}")
 
 
+_COSTS: dict[str, dict[str, int]] = {}  # this process's full-size costs by configuration and layout
+
+
 def full_size_cost(config: Mapping[str, Any], layout: str = "tp") -> dict[str, int]:
     """Parameters and MACs of ``config`` built in the full-size ``layout``, on the meta device."""
-    with torch.device("meta"):
-        model = build_model(dict(config), layout)
-    return {"full_params": count_params(model), "full_macs": count_macs(model, LAYOUTS[layout].input_size)}
+    key = json.dumps([dict(config), layout], sort_keys=True)
+    if key not in _COSTS:
+        with torch.device("meta"):
+            model = build_model(dict(config), layout)
+        _COSTS[key] = {"full_params": count_params(model), "full_macs": count_macs(model, LAYOUTS[layout].input_size)}
+    return dict(_COSTS[key])
 
 
 def device_name(device: torch.device) -> str:
@@ -116,14 +122,14 @@ def full_latency(config: Mapping[str, Any], layout: str, device: torch.device,
 
 def full_size_record(record: Mapping[str, Any], layout: str, latency: bool, cache: str | Path | None = None,
                      crash_cost: float = 1.0) -> dict[str, Any]:
-    """The full-size fields of a trial's record (``full_latency_ms`` only when ``latency`` and the trial
-    succeeded). A latency measurement that fails turns the trial into a failed one, with its reason."""
+    """The full-size fields of a trial's record: params and MACs of every trial that trained, the latency
+    when ``latency`` and the trial succeeded. A latency measurement that fails turns the trial into a
+    failed one, with its reason."""
     out: dict[str, Any] = {"full_layout": layout, "full_params": None, "full_macs": None,
                            "full_latency_ms": None, "full_latency_cached": None}
-    try:
-        out.update(full_size_cost(record["config"], layout))
-    except ValueError:  # a configuration the builder refused: the trial already failed with that reason
+    if record["status"] not in ("ok", "timeout"):  # diverged, out of memory, crashed: no model to speak of
         return out
+    out.update(full_size_cost(record["config"], layout))
     if latency and record["status"] == "ok":
         try:
             out["full_latency_ms"], out["full_latency_cached"] = full_latency(
