@@ -85,23 +85,23 @@ def test_importance_plot_per_budget(hyperband_run):
 
 
 def test_trajectory_plot_draws_every_trial_and_the_incumbent(hyperband_run, random_run):
-    fake, small = load_run(hyperband_run), load_run(random_run)
-    fig = plot_trajectories([fake, small])
-    ax = fig.axes[0]
-    for run in (fake, small):
+    hb, rnd = load_run(hyperband_run), load_run(random_run)
+    ax = plot_trajectories([hb, rnd]).axes[0]  # two runs on one axis
+    points = {c.get_label().split(" (")[0]: c.get_offsets() for c in ax.collections}
+    for run, at_top in ((hb, " at 9 epochs"), (rnd, "")):
         inc = _line(ax, f"{run.name}: incumbent")
         assert inc.get_ydata()[-1] == run.incumbent["metrics"]["error"]
         assert (np.diff(inc.get_ydata()) <= 0).all()
-        points = {c.get_label().split(" (")[0]: c.get_offsets() for c in ax.collections}
         top = run.at_top_budget()
-        assert sorted(points[f"{run.name}: trials"][:, 1]) == sorted(top["error"])
-        below = run.successful[run.successful["budget"] != top["budget"].iloc[0]] if run.multi_fidelity else []
-        if len(below):
-            assert sorted(points[f"{run.name}: trials at lower budgets"][:, 1]) == sorted(below["error"])
-    assert len(fake.failed) >= 1  # the fake trainer runs out of memory for kernel size 9
-    crosses = [c for c in ax.collections if c.get_label().startswith(f"{fake.name}: failed")]
-    assert len(crosses) == 1 and len(crosses[0].get_offsets()) == len(fake.failed)
-    assert (crosses[0].get_offsets()[:, 1] == 1.0).all()  # drawn at the crash cost SMAC recorded
+        assert sorted(points[f"{run.name}: trials{at_top}"][:, 1]) == sorted(top["error"])
+        assert len(run.failed) >= 1  # the fake trainer runs out of memory for kernel size 9
+        failed = points[f"{run.name}: failed"]
+        assert len(failed) == len(run.failed) and (failed[:, 1] == 1.0).all()  # at the crash cost SMAC recorded
+        scale = {"seconds": 1, "minutes": 60, "hours": 3600}[ax.get_xlabel().split("(")[1].rstrip(")")]
+        assert sorted(failed[:, 0] * scale) == pytest.approx(sorted(run.failed["wall_time_s"]))
+    below = hb.successful[hb.successful["budget"] < 9]
+    assert len(below) and sorted(points[f"{hb.name}: trials at lower budgets"][:, 1]) == sorted(below["error"])
+    assert f"{rnd.name}: trials at lower budgets" not in points
 
 
 def test_pareto_plot_draws_the_front_with_throughput_maximised(hyperband_run):
@@ -202,6 +202,8 @@ def test_analyze_cli_writes_files_and_a_page(random_run, tmp_path, capsys):
 
 
 def test_report_of_a_multi_fidelity_run_with_an_evaluation(hyperband_run, tmp_path, capsys):
+    from nexsearch.analysis.plots import budget_label
+
     run_dir = tmp_path / "hb"
     shutil.copytree(hyperband_run, run_dir)
     (run_dir / "evaluation").mkdir()
@@ -211,7 +213,7 @@ def test_report_of_a_multi_fidelity_run_with_an_evaluation(hyperband_run, tmp_pa
     out = capsys.readouterr().out
     run = load_run(run_dir)
     for b, n in run.trials.groupby("budget").size().items():
-        assert f"budget {b:g}: {n} trials" in out
+        assert f"{budget_label(b)}: {n} trials" in out
     assert "rank correlation budget 1 -> 3" in out
     text = (run_dir / "analysis" / "report.html").read_text()
     page = _read_page(run_dir / "analysis" / "report.html")
@@ -219,7 +221,7 @@ def test_report_of_a_multi_fidelity_run_with_an_evaluation(hyperband_run, tmp_pa
     assert page.tables == ["summary-table", "incumbent", "failures", "importance-lpi", "importance-fanova",
                            "pareto-front", "trials-per-budget", "budget-correlation", "evaluation"]
     assert "0.1234" in text and "nexception" in text
-    assert "out of memory: fake trainer (test)" in text  # the failures, with their reason
+    assert "out of memory: fake trainer (test)" in text and "<td>oom</td>" in text  # failures: reason, status
     assert "9 epochs" in text and "1 epoch" in text  # importance per budget
 
 

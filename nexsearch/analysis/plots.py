@@ -17,7 +17,7 @@ import matplotlib
 if not matplotlib.get_backend().lower().startswith(("module://matplotlib_inline", "module://ipykernel")):
     matplotlib.use("Agg")  # no display needed; Jupyter keeps its inline backend
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import EngFormatter  # noqa: E402
+from matplotlib.ticker import EngFormatter, MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -132,7 +132,7 @@ def plot_trajectories(runs: Iterable["Run"], objective: str = "error") -> "plt.F
     runs = list(runs)
     span = max([r.used_s for r in runs] + [1.0])
     scale, unit = _time_unit(span)
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = plt.subplots(figsize=(10, 4.5))
     for k, run in enumerate(runs):
         colour = f"C{k % 10}"
         prefix = f"{run.name}: " if len(runs) > 1 else ""
@@ -140,8 +140,9 @@ def plot_trajectories(runs: Iterable["Run"], objective: str = "error") -> "plt.F
         top = run.top_budget
         at_top = ok if np.isnan(top) else ok[ok["budget"] == top]
         below = ok.iloc[0:0] if np.isnan(top) else ok[ok["budget"] != top]
+        at = "" if np.isnan(top) else f" at {budget_label(top)}"
         ax.scatter(at_top["wall_time_s"] / scale, at_top[objective], s=16, color=colour, alpha=0.6,
-                   label=f"{prefix}trials ({len(at_top)})")
+                   label=f"{prefix}trials{at} ({len(at_top)})")
         if len(below):
             ax.scatter(below["wall_time_s"] / scale, below[objective], s=16, facecolors="none", edgecolors=colour,
                        alpha=0.6, label=f"{prefix}trials at lower budgets ({len(below)})")
@@ -157,7 +158,7 @@ def plot_trajectories(runs: Iterable["Run"], objective: str = "error") -> "plt.F
     ax.set_ylabel(f"validation {objective}")
     ax.set_title("Trials and incumbent over time")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the points, never over them
     fig.tight_layout()
     return fig
 
@@ -168,7 +169,7 @@ def plot_pareto(run: "Run", metrics: tuple[str, ...] = ("params", "macs", "throu
     trials at the highest budget only."""
     err = run.objectives[0]
     ok = run.at_top_budget()
-    note = f" (budget {run.top_budget:g})" if run.multi_fidelity else ""
+    note = f" (trials at {budget_label(run.top_budget)})" if run.multi_fidelity else ""
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 4), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         data = ok[[err, metric, "trial"]].dropna()
@@ -203,6 +204,7 @@ def plot_learning_curves(run: "Run", top: int = 5) -> "plt.Figure":
             ax.plot([c["epoch"] for c in curve], [c["val_error"] for c in curve], marker="o", markersize=3,
                     label=f"trial {row['trial']} ({row[err]:.3f})")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("validation error")
     ax.set_title(f"Learning curves of the best {len(ok)} trials")
     ax.grid(alpha=0.3)

@@ -74,10 +74,11 @@ def _importance_table(imp: pd.DataFrame) -> pd.DataFrame:
     cols = {}
     for b in budgets:
         rows = importance_rows(imp, b).set_index("hyperparameter")
-        cols[budget_label(b)] = rows["importance"]
-        cols[f"std ({budget_label(b)})"] = np.sqrt(rows["variance"].clip(lower=0))
+        label = "importance" if len(budgets) == 1 else budget_label(b)
+        cols[label] = rows["importance"]
+        cols["std" if len(budgets) == 1 else f"std ({label})"] = np.sqrt(rows["variance"].clip(lower=0))
     table = pd.DataFrame(cols)
-    table = table.sort_values(budget_label(budgets[-1]), ascending=False)
+    table = table.sort_values(list(cols)[-2], ascending=False)
     return table.reset_index().rename(columns={"index": "hyperparameter"})
 
 
@@ -112,6 +113,8 @@ def _failures_table(run: "Run") -> pd.DataFrame:
     failed = run.failed
     if failed.empty:
         return pd.DataFrame(columns=["reason", "status", "trials", "which"])
+    status = failed["trial_status"].where(failed["trial_status"].astype(bool), failed["status"])
+    failed = failed.assign(status=status)  # the trainer's word (timeout, oom, diverged) over SMAC's "crashed"
     groups = failed.assign(reason=failed["reason"].replace("", "(no reason recorded)")).groupby("reason", sort=False)
     rows = [{"reason": reason, "status": ", ".join(sorted(set(g["status"]))), "trials": len(g),
              "which": ", ".join(str(t) for t in g["trial"].head(12)) + (", ..." if len(g) > 12 else "")}
@@ -265,6 +268,8 @@ def compare(run_dirs: Sequence[str | Path], out: str | Path, top: int = 5) -> di
 
 
 def print_summary(summary: dict[str, Any]) -> None:
+    from nexsearch.analysis.plots import budget_label
+
     inc = summary["incumbent"]
     err = summary["objectives"][0]
     print(f"run {summary['run']} ({summary['name']}, {summary['optimizer']}): {summary['trials']} trials, "
@@ -279,12 +284,12 @@ def print_summary(summary: dict[str, Any]) -> None:
             top = ", ".join(f"{r['hyperparameter']} {r['importance']:.3f}" for r in summary[f"top_{method}"])
             print(f"most important ({method}): {top}")
     for row in summary.get("budgets", []):
-        print(f"budget {row['budget']:g}: {row['trials']} trials ({row['failed']} failed), "
-              f"{row['configurations']} configurations")
+        print(f"{budget_label(row['budget'])}: {row['trials']} trials "
+              f"({row['failed']} failed), {row['configurations']} configurations")
     for row in summary.get("budget_correlation", []):
-        rho = "undefined" if pd.isna(row["spearman"]) else f"{row['spearman']:.2f}"
+        rho = "undefined (fewer than 3)" if pd.isna(row["spearman"]) else f"{row['spearman']:.2f}"
         print(f"rank correlation budget {row['budget']:g} -> {row['compared with budget']:g}: {rho} "
-              f"over {row['configurations']} configurations")
+              f"over {row['configurations']} configurations that ran at both")
     for note in summary["notes"]:
         print(note)
     for kind, path in summary["files"].items():
