@@ -245,6 +245,25 @@ def test_one_successful_trial_importance_undefined_rest_written(random_run, tmp_
     assert "importance is undefined" in (one / "analysis" / "report.html").read_text()
 
 
+def test_running_trials_are_neither_results_nor_failures(random_run, tmp_path, capsys):
+    """A run killed while trials ran leaves RUNNING entries in SMAC's runhistory."""
+    live = tmp_path / "live"
+    shutil.copytree(random_run, live)
+    rh = live / "smac" / "0" / "runhistory.json"
+    data = json.loads(rh.read_text())
+    data["data"].append({**data["data"][0], "status": 0, "cost": 2147483647.0, "starttime": 0.0, "endtime": 0.0,
+                         "additional_info": {}})
+    rh.write_text(json.dumps(data))
+    shutil.rmtree(live / "smac" / "0" / ".nexsearch-backup", ignore_errors=True)
+    before, run = load_run(random_run), load_run(live)
+    assert len(run.trials) == len(before.trials) + 1
+    assert len(run.failed) == len(before.failed) and len(run.successful) == len(before.successful)
+    assert main(["analyze", str(live)]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(before.failed)} failed" in out
+    assert "1 running" in (live / "analysis" / "report.html").read_text()
+
+
 def test_compare_runs(random_run, hyperband_run, tmp_path, capsys):
     assert main(["analyze", str(random_run), str(hyperband_run), "--out", str(tmp_path / "cmp")]) == 0
     out = capsys.readouterr().out
