@@ -140,16 +140,22 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def _analyze(args: argparse.Namespace) -> int:
-    from nexsearch.analysis.report import analyze, print_summary
+    from nexsearch.analysis.report import analyze, compare, print_comparison, print_summary
 
-    print_summary(analyze(args.run_dir, args.out, top=args.top))
+    if len(args.run_dir) == 1:
+        print_summary(analyze(args.run_dir[0], args.out, top=args.top))
+    elif not args.out:
+        raise UserError(f"comparing {len(args.run_dir)} runs needs --out DIR for the comparison's files")
+    else:
+        print_comparison(compare(args.run_dir, args.out, top=args.top))
     return 0
 
 
 def _add_analyze(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("analyze", help="trials table, DeepCAVE importances (LPI, fANOVA) and plots of a run")
-    p.add_argument("run_dir", help="the run directory")
-    p.add_argument("--out", help="output folder (default RUN_DIR/analysis)")
+    p = sub.add_parser("analyze", help="trials table, DeepCAVE importances (LPI, fANOVA), plots and report.html "
+                                       "of a run, or several runs compared")
+    p.add_argument("run_dir", nargs="+", help="the run directory; several (with --out) to compare them")
+    p.add_argument("--out", help="output folder (default RUN_DIR/analysis; required to compare runs)")
     p.add_argument("--top", type=int, default=5, help="hyperparameters and learning curves to show (default 5)")
     p.set_defaults(func=_analyze)
 

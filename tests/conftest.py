@@ -36,3 +36,22 @@ def small_run(tmp_path_factory):
             break
         run_search(exp, json.loads((out / "nexsearch.json").read_text())["used_s"] + extra, console=Console(quiet=True))
     return out
+
+
+@pytest.fixture(scope="session")
+def hyperband_run(tmp_path_factory):
+    """A Hyperband run (budgets 1, 3, 9 epochs) of 30 trials through ``run_search`` with a fake trainer
+    (tests/fake_runs.py): the error depends on ``block`` and ``kernel_size``; some trials fail."""
+    from fake_runs import make_run
+
+    return make_run(tmp_path_factory.mktemp("runs") / "hyperband", optimizer="hyperband", n_trials=30, name="fake-hb",
+                    fails=lambda c: c["kernel_size"] == 9)
+
+
+@pytest.fixture(scope="session")
+def random_run(tmp_path_factory):
+    """A random-search run of 20 trials like ``hyperband_run`` (one budget); trials with kernel size 9 fail."""
+    from fake_runs import make_run
+
+    return make_run(tmp_path_factory.mktemp("runs") / "random", optimizer="random", n_trials=20, name="fake-random",
+                    fails=lambda c: c["kernel_size"] == 9)

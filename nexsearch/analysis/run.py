@@ -22,6 +22,8 @@ from nexsearch.search_space.space import SPACE
 
 RECORD_COLUMNS = ("train_time_s", "params", "macs", "throughput", "latency_ms", "peak_memory_mb", "epochs_run",
                   "val_loss", "full_params", "full_macs", "full_latency_ms")
+# Every objective and metric is minimised except these.
+MAXIMISED = frozenset({"throughput"})
 
 
 def _key(config: dict[str, Any], seed: Any, budget: Any) -> str:
@@ -94,12 +96,37 @@ class Run:
             row["reason"] = rec.get("reason") or info.get("error", "")
             row["curve"] = rec.get("curve") or info.get("curve") or []
             rows.append(row)
-        return pd.DataFrame(rows)
+        df = pd.DataFrame(rows)
+        if not df.empty:  # search wall time at the end of each trial (running ones have none)
+            df["wall_time_s"] = [self.elapsed(t) if t else np.nan for t in df["end_time"]]
+        return df
 
     @property
     def successful(self) -> pd.DataFrame:
         t = self.trials
         return t[t["status"] == "success"] if not t.empty else t
+
+    @property
+    def failed(self) -> pd.DataFrame:
+        """Trials that ended without a result (crashed, timed out, out of memory), with their reasons."""
+        t = self.trials
+        return t[~t["status"].isin(["success", "running"])] if not t.empty else t
+
+    @property
+    def multi_fidelity(self) -> bool:
+        return self.trials["budget"].nunique() > 1 if not self.trials.empty else False
+
+    @property
+    def top_budget(self) -> float:
+        """The highest budget a trial succeeded at (NaN for a run without budgets)."""
+        budgets = self.successful["budget"]
+        return float(budgets.max()) if budgets.notna().any() else np.nan
+
+    def at_top_budget(self) -> pd.DataFrame:
+        """Successful trials at the highest budget reached: the ones comparable with the incumbent."""
+        ok = self._require_success()
+        top = self.top_budget
+        return ok if np.isnan(top) else ok[ok["budget"] == top]
 
     def _require_success(self) -> pd.DataFrame:
         ok = self.successful
@@ -110,18 +137,16 @@ class Run:
     @property
     def incumbent(self) -> dict[str, Any]:
         """The best configuration at the highest budget reached, with its metrics."""
-        ok = self._require_success()
-        top = ok["budget"].fillna(0).max()
-        best = ok[ok["budget"].fillna(0) == top].sort_values([self.objectives[0], "trial"]).iloc[0]
-        config = {n: best[n] for n in SPACE.keys() if not (isinstance(best[n], float) and np.isnan(best[n]))}
+        best = self.at_top_budget().sort_values([self.objectives[0], "trial"]).iloc[0]
+        config = self._configs.get(str(best["config_id"]), {})  # as SMAC stored it (no NaN-widened dtypes)
         metrics = {k: best[k] for k in [*self.objectives, "budget", *RECORD_COLUMNS] if k in best}
         return {"trial": int(best["trial"]), "config": _plain(config), "metrics": _plain(metrics)}
 
     def elapsed(self, t: float) -> float:
         """Search wall time at epoch time ``t``: time inside the run's sessions (downtime between resumes left out)."""
         sessions = self.state.get("sessions") or []
-        if not sessions:
-            start = self.trials["start_time"].min()
+        if not sessions:  # a bare SMAC directory: time since its first trial started
+            start = min((r["starttime"] for r in self._rh if r.get("starttime")), default=t)
             return float(t - start)
         total = 0.0
         for s in sessions:
@@ -131,28 +156,84 @@ class Run:
 
     @property
     def trajectory(self) -> pd.DataFrame:
-        """Best-so-far error over search wall time (successful trials, by end time)."""
-        ok = self._require_success().sort_values("end_time")
+        """Best-so-far error over search wall time: successful trials by end time.
+
+        The incumbent column follows the trials at the run's highest budget (every trial of a
+        single-fidelity run), so its last value is the incumbent's error; in a multi-fidelity run
+        it is empty (NaN) until the first trial at that budget ends.
+        """
+        ok = self._require_success().sort_values(["end_time", "trial"])
         err = self.objectives[0]
         df = pd.DataFrame({
-            "wall_time_s": [self.elapsed(t) for t in ok["end_time"]],
+            "wall_time_s": ok["wall_time_s"].to_numpy(),
             "trial": ok["trial"].to_numpy(),
+            "budget": ok["budget"].to_numpy(),
             err: ok[err].to_numpy(),
         })
-        df["incumbent_" + err] = df[err].cummin()
+        top = self.top_budget
+        counted = df[err].where(df["budget"] == top) if not np.isnan(top) else df[err]
+        df["incumbent_" + err] = counted.cummin()
         df["run"] = self.name
         return df
 
     def pareto_front(self, objectives: list[str] | None = None) -> pd.DataFrame:
-        """Non-dominated successful trials over ``objectives`` (default: the run's own; all minimised)."""
-        ok = self._require_success()
+        """Non-dominated successful trials over ``objectives`` (default: the run's own), at the highest budget.
+
+        Every objective is minimised except those in ``MAXIMISED`` (throughput).
+        """
+        ok = self.at_top_budget()
         objs = objectives or (self.objectives if len(self.objectives) > 1 else [self.objectives[0], "params"])
         for o in objs:
             if o not in ok or ok[o].isna().all():
                 raise UserError(f"objective '{o}' is not recorded for this run")
-        values = ok[objs].to_numpy(dtype=float)
+        ok = ok.dropna(subset=objs)
+        sign = np.array([-1.0 if o in MAXIMISED else 1.0 for o in objs])
+        values = ok[objs].to_numpy(dtype=float) * sign
         keep = [not any(np.all(o <= v) and np.any(o < v) for o in values) for v in values]
-        return ok[keep].sort_values(objs[0])
+        return ok[keep].sort_values([objs[0], *objs[1:]])
+
+    @property
+    def design_space(self) -> dict[str, Any]:
+        """SMAC's saved configuration space (hyperparameters, conditions, forbidden clauses)."""
+        path = self.smac_dir / "configspace.json"
+        space = read_json_retry(path) if path.exists() else {}
+        return {k: space.get(k) for k in ("hyperparameters", "conditions", "forbiddens")}
+
+    @property
+    def used_s(self) -> float:
+        """Search wall time used so far (the state file's count; else the end of the last trial)."""
+        if self.state.get("used_s") is not None:
+            return float(self.state["used_s"])
+        ends = self.trials["wall_time_s"].dropna() if not self.trials.empty else []
+        return float(max(ends)) if len(ends) else 0.0
+
+    def budget_table(self) -> pd.DataFrame:
+        """Per budget (fidelity): trials, successful, failed, distinct configurations, best error."""
+        t = self.trials[self.trials["status"] != "running"]
+        err = self.objectives[0]
+        rows = []
+        for budget, g in t.groupby(t["budget"].fillna(-1.0), sort=True):
+            ok = g[g["status"] == "success"]
+            rows.append({"budget": np.nan if budget == -1.0 else budget, "trials": len(g), "successful": len(ok),
+                         "failed": len(g) - len(ok), "configurations": g["config_id"].nunique(),
+                         f"best {err}": ok[err].min() if len(ok) else np.nan})
+        return pd.DataFrame(rows)
+
+    def budget_correlation(self) -> pd.DataFrame:
+        """Spearman rank correlation of the error between every two budgets, over the configurations
+        that succeeded at both (does a configuration good at few epochs stay good at more?)."""
+        ok = self.successful
+        err = self.objectives[0]
+        by_budget = ok.dropna(subset=["budget"]).groupby(["config_id", "budget"])[err].mean().unstack("budget")
+        budgets = sorted(by_budget.columns) if not by_budget.empty else []
+        rows = []
+        for i, low in enumerate(budgets):
+            for high in budgets[i + 1:]:
+                both = by_budget[[low, high]].dropna()
+                rho = both[low].rank().corr(both[high].rank()) if len(both) >= 3 else np.nan
+                rows.append({"budget": low, "compared with budget": high, "configurations": len(both),
+                             "spearman": rho})
+        return pd.DataFrame(rows, columns=["budget", "compared with budget", "configurations", "spearman"])
 
     def importance(self, method: str = "lpi", budget: float | str | None = None, seed: int = 0) -> pd.DataFrame:
         """Hyperparameter importance by DeepCAVE's own evaluators on DeepCAVE's SMAC3 converter.
@@ -176,10 +257,14 @@ def load_run(path: str | Path) -> Run:
 
 
 class Runs:
-    """Several runs stacked for comparison (e.g. SMAC against random search)."""
+    """Several runs stacked for comparison (e.g. SMAC against random search) over one design space."""
 
     def __init__(self, runs: Iterable[Run]):
         self.runs = list(runs)
+        for r in self.runs[1:]:
+            if r.design_space != self.runs[0].design_space:
+                raise UserError(f"{r.path} searched another design space than {self.runs[0].path}: "
+                                "compare only runs of the same design space")
         names = [r.name for r in self.runs]
         for i, r in enumerate(self.runs):  # make run labels unique
             if names.count(r.name) > 1:
