@@ -52,6 +52,9 @@ def analyze(run_dir: str | Path, out: str | Path | None = None, top: int = 5) ->
     files["learning_curves_plot"] = str(save(plot_learning_curves(run, top), out / "learning_curves.png"))
     summary["files"] = files
     summary["notes"] = notes
+    from nexsearch.evaluate import load_summary
+
+    summary["evaluation"] = load_summary(run_dir)
     return summary
 
 
@@ -70,5 +73,9 @@ def print_summary(summary: dict[str, Any]) -> None:
             print(f"most important ({method}): {top}")
     for note in summary["notes"]:
         print(note)
+    if summary.get("evaluation"):
+        from nexsearch.evaluate import print_evaluation
+
+        print_evaluation(summary["evaluation"])
     for kind, path in summary["files"].items():
         print(f"wrote {kind}: {path}")

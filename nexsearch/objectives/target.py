@@ -42,6 +42,8 @@ class ObjectiveSpec:
     data_seed: int = 0
     image_size: int | None = None
     train_subset: int | None = None  # use only this many training images
+    test_fraction: float = 0.1  # folder datasets without test_dir: the seeded share held out for testing
+    test_dir: str | None = None  # folder datasets: an ImageFolder tree of test images
     train: dict[str, Any] = field(default_factory=dict)  # TrainSettings fields
     objectives: tuple[str, ...] = ("error",)
     trials_path: str | None = None  # JSON lines, one per finished trial
@@ -64,7 +66,7 @@ class ObjectiveSpec:
     @property
     def data_key(self) -> tuple:
         return (self.dataset, self.data_dir, self.val_fraction, self.data_seed, self.image_size, self.train_subset,
-                self.train.get("device", "auto"))
+                self.train.get("device", "auto"), self.test_fraction, self.test_dir)
 
 
 class TrialFailed(RuntimeError):
@@ -95,13 +97,19 @@ def loaded() -> tuple[ObjectiveSpec, Splits]:
         raise RuntimeError("nexsearch.objectives.target.configure(...) was not called in this process")
     spec: ObjectiveSpec = _PROCESS["spec"]
     if "splits" not in _PROCESS:
-        device = resolve_device(spec.settings.device)
-        splits = load_dataset(
-            spec.dataset, spec.data_dir, val_fraction=spec.val_fraction, seed=spec.data_seed,
-            image_size=spec.image_size, download=spec.download, train_subset=spec.train_subset,
-        )
-        _PROCESS["splits"] = splits.to(device)
+        _PROCESS["splits"] = load_splits(spec)
     return spec, _PROCESS["splits"]
+
+
+def load_splits(spec: ObjectiveSpec) -> Splits:
+    """The dataset of ``spec``, split and moved to its training device."""
+    device = resolve_device(spec.settings.device)
+    splits = load_dataset(
+        spec.dataset, spec.data_dir, val_fraction=spec.val_fraction, seed=spec.data_seed,
+        image_size=spec.image_size, download=spec.download, train_subset=spec.train_subset,
+        test_fraction=spec.test_fraction, test_dir=spec.test_dir,
+    )
+    return splits.to(device)
 
 
 def append_jsonl(path: str | Path, record: Mapping[str, Any]) -> None:

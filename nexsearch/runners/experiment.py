@@ -47,6 +47,8 @@ class Experiment:
     val_fraction: float = 0.1
     image_size: int | None = None
     train_subset: int | None = None  # train proxies on this many (random) training images only
+    test_fraction: float = 0.1  # folder datasets without test_dir: seeded share held out for testing
+    test_dir: str | None = None  # folder datasets: an ImageFolder tree of test images (same classes)
     device: str = "auto"
     seed: int = 0
     output_dir: str | None = None  # default: runs/<name>
@@ -78,6 +80,8 @@ class Experiment:
             raise UserError("optimizer 'parego' needs a second objective: --objectives error,latency (or params, macs)")
         if not (1 <= self.min_epochs <= self.max_epochs):
             raise UserError(f"epoch range must satisfy 1 <= min_epochs <= max_epochs, got {self.min_epochs}..{self.max_epochs}")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise UserError(f"test_fraction must be between 0 and 1 (exclusive), got {self.test_fraction}")
         if self.workers < 1:
             raise UserError(f"workers must be at least 1, got {self.workers}")
         if not 0 <= self.crash_cost < float("inf"):
@@ -96,7 +100,8 @@ class Experiment:
         train = dict(self.train, device=self.device, crash_cost=self.crash_cost, epochs=self.max_epochs)
         return ObjectiveSpec(
             dataset=self.dataset, data_dir=self.data_dir, download=self.download, val_fraction=self.val_fraction,
-            data_seed=self.seed, image_size=self.image_size, train_subset=self.train_subset, train=train, objectives=tuple(self.objectives),
+            data_seed=self.seed, image_size=self.image_size, train_subset=self.train_subset, train=train,
+            test_fraction=self.test_fraction, test_dir=self.test_dir, objectives=tuple(self.objectives),
             trials_path=str(trials_path) if trials_path else None, deadline=deadline,
         )
 
