@@ -274,6 +274,7 @@ def plot_evaluation(summary: dict[str, Any]):
         ax.set_xticks(x)
         ax.set_xticklabels([("* " if r["winner"] else "") + r["source"] for r in rows], rotation=20, ha="right")
         ax.set_ylabel("error")
+        ax.set_xlabel("candidates, lowest mean validation error first (* the winner)")
         rho = ev.get("spearman")
         ax.set_title(f"{ev['epochs']} epochs, {len(ev['seeds'])} seeds (mean ± std; dots: single seeds)"
                      + (f"; Spearman(search cost, val) {rho:.2f}" if rho is not None else ""), fontsize=10)
@@ -286,7 +287,7 @@ def plot_evaluation(summary: dict[str, Any]):
 def _fmt(mean: float | None, std: float | None) -> str:
     if mean is None:
         return "-"
-    return f"{mean:.4f} ± {std:.4f}" if std is not None else f"{mean:.4f}"
+    return f"{mean:.4f}±{std:.4f}" if std is not None else f"{mean:.4f}"
 
 
 def evaluation_table(ev: dict[str, Any]):
@@ -297,7 +298,7 @@ def evaluation_table(ev: dict[str, Any]):
              + ("" if ev["complete"] else " (unfinished)"))
     t = Table(title=title)
     for col in ("rank", "source", "val error", "test error", "params", "MACs", "img/s", "search cost", "seeds"):
-        t.add_column(col, justify="left" if col == "source" else "right", no_wrap=col in ("rank", "source"))
+        t.add_column(col, justify="left" if col == "source" else "right", no_wrap=True)
     for r in ev["candidates"]:
         t.add_row(
             ("★ " if r["winner"] else "") + (str(r["rank"]) if r["rank"] else "-"), r["source"],
@@ -330,11 +331,20 @@ def evaluation_lines(ev: dict[str, Any]) -> list[str]:
 
 
 def print_evaluation(summary: dict[str, Any], console: Console | None = None) -> None:
-    console = console or Console()
     for ev in summary["evaluations"]:
+        _print_entry(ev, console or Console())
+
+
+def _print_entry(ev: dict[str, Any], console: Console) -> None:
+    width = console.width
+    if not console.is_terminal:  # logs and pipes get the whole table (rich would squeeze it into 80 columns)
+        console.width = max(width, 132)
+    try:
         console.print(evaluation_table(ev))
-        for line in evaluation_lines(ev):
-            console.print(line, highlight=False, soft_wrap=True)
+    finally:
+        console.width = width
+    for line in evaluation_lines(ev):
+        console.print(line, highlight=False, soft_wrap=True)
 
 
 def evaluated_winner(run_dir: str | Path) -> tuple[dict[str, Any] | None, str]:
@@ -496,10 +506,7 @@ def evaluate_run(run_dir: str | Path, *, top: int = 5, seeds: int = 3, epochs: i
             _run_trainings(todo, epochs, spec, n_workers, scheduler, eval_dir, done, lost)
         finally:
             progress.stop()
-        entry = next(e for e in summary["evaluations"] if e["epochs"] == epochs)
-        console.print(evaluation_table(entry))
-        for line in evaluation_lines(entry):
-            console.print(line, highlight=False, soft_wrap=True)
+        _print_entry(next(e for e in summary["evaluations"] if e["epochs"] == epochs), console)
         console.print(f"files: {eval_dir / RESULTS_FILE}, {eval_dir / SUMMARY_CSV}, {eval_dir / SUMMARY_JSON}, "
                       f"{eval_dir / PLOT_FILE}", highlight=False, soft_wrap=True)
         return summary
