@@ -163,6 +163,8 @@ def evaluation_frame(run_dir: str | Path):
     summary = load_summary(run_dir)
     rows = [dict(row, epochs=ev["epochs"]) for ev in (summary or {}).get("evaluations", []) for row in ev["candidates"]]
     frame = pd.DataFrame(rows, columns=[*COLUMNS, "val_errors", "test_errors", "config"])
+    for col in ("rank", "trial", "seeds_done", "failed", "params", "macs"):  # integers, with gaps (<NA>)
+        frame[col] = frame[col].astype("Int64")
     return frame.sort_values(["epochs", "rank"], na_position="last").reset_index(drop=True)
 
 

@@ -19,8 +19,8 @@ from nexsearch.evaluate import RESULTS_FILE, load_summary, plot_evaluation, sele
 from nexsearch.export import export_model
 from nexsearch.runners.status import find_smac_dir, load_runhistory, run_status
 
-# The first test's fixtures run a small search and two evaluate processes: about 40 s on an idle 2-core machine,
-# 270 s on the shared, loaded one; the default 300 s is too tight for that.
+# The first test's fixtures run a small search and two evaluate processes: 270 s on the shared 2-core machine
+# under a load of ~10, too close to the default 300 s.
 pytestmark = pytest.mark.timeout(900)
 
 CLI = [sys.executable, "-m", "nexsearch.cli"]
