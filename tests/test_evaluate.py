@@ -21,14 +21,20 @@ from nexsearch.runners.status import find_smac_dir, load_runhistory, run_status
 
 # The first test's fixtures run a small search and two evaluate processes: 270 s on the shared 2-core machine
 # under a load of ~10, too close to the default 300 s.
-pytestmark = pytest.mark.timeout(900)
+pytestmark = pytest.mark.timeout(1200)
 
 CLI = [sys.executable, "-m", "nexsearch.cli"]
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_cli(*args, timeout=300):
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+# One thread per evaluate process: on a shared, loaded machine two threads per process made these tiny
+# trainings ~10x slower (the behaviour tested does not depend on it).
+ENV = dict(os.environ, OMP_NUM_THREADS="1")
+
+
+def run_cli(*args, timeout=600):
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+                          env=ENV)
 
 
 def lines(run_dir: Path) -> list[dict]:
@@ -63,8 +69,9 @@ def evaluated(digits_run, tmp_path_factory):
     run = tmp_path_factory.mktemp("eval") / "run"
     shutil.copytree(digits_run, run)
     args = [*CLI, "evaluate", str(run), "--top", "2", "--seeds", "2", "--epochs", "1"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-    deadline = time.time() + 240
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                            env=ENV)
+    deadline = time.time() + 500
     while time.time() < deadline and not lines(run) and proc.poll() is None:
         time.sleep(0.1)
     os.kill(proc.pid, signal.SIGKILL)
