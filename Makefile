@@ -4,6 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 STAMP := $(VENV)/.nexsearch-installed
 DEMO_BUDGET ?= 2m
+DEMO_EVALUATE ?= --top 3 --seeds 2
 
 .PHONY: install test demo clean
 
@@ -25,10 +26,12 @@ $(STAMP): pyproject.toml Makefile
 test: install
 	$(PY) -m pytest -q
 
-# A real search on offline data (scikit-learn's digits); every demo gets a fresh run directory.
+# A real search on offline data (scikit-learn's digits), then its best configurations and the presets
+# re-trained with new seeds (validation and test error, the winner); every demo gets a fresh run directory.
 demo: install
-	$(VENV)/bin/nexsearch run --config experiments/digits_demo.yaml --budget $(DEMO_BUDGET) \
-		--out runs/digits-demo-$$(date +%Y%m%d-%H%M%S)
+	out=runs/digits-demo-$$(date +%Y%m%d-%H%M%S) && \
+	$(VENV)/bin/nexsearch run --config experiments/digits_demo.yaml --budget $(DEMO_BUDGET) --out $$out && \
+	$(VENV)/bin/nexsearch evaluate $$out $(DEMO_EVALUATE)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

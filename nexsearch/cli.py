@@ -57,6 +57,7 @@ def _run(args: argparse.Namespace) -> int:
         "output_dir": args.out, "optimizer": args.optimizer, "min_epochs": args.min_epochs,
         "max_epochs": args.max_epochs, "objectives": args.objectives, "workers": args.workers,
         "scheduler": args.scheduler, "download": args.download, "workers_per_gpu": args.workers_per_gpu,
+        "test_dir": args.test_dir,
     }
     run_search(load_experiment(args.config, overrides), budget, started_at=started_at)
     return 0
@@ -81,6 +82,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="run directory (default runs/<experiment name>); the same one resumes")
     p.add_argument("--dataset", choices=["cifar100", "digits", "synthetic", "folder"])
     p.add_argument("--data-dir", help="folder holding cifar-100-python, or an ImageFolder tree")
+    p.add_argument("--test-dir", help="folder dataset: an ImageFolder tree of test images (default: a seeded "
+                                      "10%% of --data-dir, test_fraction)")
     p.add_argument("--download", action=argparse.BooleanOptionalAction, default=None,
                    help="download CIFAR-100 into --data-dir if missing (--no-download: never)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
@@ -119,8 +122,12 @@ def _export(args: argparse.Namespace) -> int:
 
     if args.run_dir is None and args.preset is None:
         raise UserError("export needs a run directory or --preset NAME")
+    if args.incumbent and (args.trial is not None or args.run_dir is None):
+        raise UserError("--incumbent needs a run directory and no --trial")
     result = export_model(args.run_dir, out=args.out, size=args.size, preset=args.preset, trial=args.trial,
-                          onnx=args.format == "onnx")
+                          onnx=args.format == "onnx", incumbent=args.incumbent)
+    if result.get("chosen"):
+        print(result["chosen"])
     print(result["card"])
     for kind, path in result["paths"].items():
         print(f"wrote {kind}: {path}")
@@ -128,15 +135,45 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="write the incumbent (or a trial, or a preset) as a full ImageNet model")
-    p.add_argument("run_dir", nargs="?", help="run directory (its incumbent is exported unless --trial)")
+    p = sub.add_parser("export", help="write the evaluated winner or the incumbent (or a trial, or a preset) as a "
+                                      "full ImageNet model")
+    p.add_argument("run_dir", nargs="?", help="run directory (its evaluated winner, else its incumbent, is exported "
+                                              "unless --trial or --incumbent)")
     p.add_argument("--preset", help="export a preset instead of a run: nexception or xception")
     p.add_argument("--size", default="t", help="t, s (isotropic) or tp (pyramid); default t")
     p.add_argument("--trial", type=int, help="export this trial of the run instead of the incumbent")
+    p.add_argument("--incumbent", action="store_true",
+                   help="export the search's incumbent even when `nexsearch evaluate` chose a winner")
     p.add_argument("--out", required=True, help="weights file NAME.safetensors (NAME.json and NAME.md beside it)")
     p.add_argument("--format", choices=["safetensors", "onnx"], default="safetensors",
                    help="onnx: also write NAME.onnx")
     p.set_defaults(func=_export)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from nexsearch.evaluate import evaluate_run
+
+    presets = [] if args.presets.strip() == "none" else [p.strip() for p in args.presets.split(",") if p.strip()]
+    evaluate_run(args.run_dir, top=args.top, seeds=args.seeds, epochs=args.epochs, presets=presets,
+                 workers=args.workers, scheduler=args.scheduler, device=args.device)
+    return 0
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="re-train the best configurations and the presets with new seeds; "
+                                        "validation and test error, the winner by mean validation error")
+    p.add_argument("run_dir", help="the run directory (a search may still be running in it)")
+    p.add_argument("--top", type=int, default=5, help="best distinct configurations at the highest budget (default 5; "
+                                                      "multi-objective: from the Pareto front)")
+    p.add_argument("--seeds", type=int, default=3, help="trainings per candidate, seeds the search did not use (default 3)")
+    p.add_argument("--epochs", type=int, help="epochs per training (default: the run's largest epoch budget); "
+                                              "another value is a separate evaluation")
+    p.add_argument("--presets", default="xception,nexception", help="references, comma-separated, or 'none' "
+                                                                    "(default xception,nexception)")
+    p.add_argument("--workers", type=int, help="parallel trainings through Dask (default: the run's workers)")
+    p.add_argument("--scheduler", help="address of an existing Dask scheduler to join (e.g. tcp://host:8786)")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N (default: the run's)")
+    p.set_defaults(func=_evaluate)
 
 
 def _analyze(args: argparse.Namespace) -> int:
@@ -161,7 +198,7 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
 
 
 VERBS: list[Callable[[argparse._SubParsersAction], None]] = [_add_space, _add_run, _add_status, _add_analyze,
-                                                           _add_export, add_bench]
+                                                           _add_evaluate, _add_export, add_bench]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -37,7 +37,8 @@ FORMAT = "nexsearch-model/1"
 RECIPE = {"t": (2e-3, 256), "tp": (2e-3, 256), "s": (1.4e-3, 128), "xception": (2e-3, 256)}
 
 
-def _source_config(run_dir: str | Path | None, preset: str | None, trial: int | None) -> tuple[dict[str, Any], dict[str, Any]]:
+def _source_config(run_dir: str | Path | None, preset: str | None, trial: int | None,
+                   incumbent: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
     if (run_dir is None) == (preset is None):
         raise UserError("export needs either a run directory or --preset NAME (not both)")
     if preset is not None:
@@ -48,6 +49,18 @@ def _source_config(run_dir: str | Path | None, preset: str | None, trial: int | 
     if not run_dir.is_dir():
         raise UserError(f"{run_dir} does not exist: pass a run directory")
     notes: list[str] = []
+    if trial is None and not incumbent:
+        from nexsearch.evaluate import evaluated_winner
+
+        winner, chosen = evaluated_winner(run_dir)
+        if winner is not None:
+            source = {"run_dir": str(run_dir.resolve()), "trial": winner["trial"], "preset": winner["preset"],
+                      "val_error": winner["val_error_mean"], "chosen": chosen,
+                      "evaluation": {k: winner[k] for k in ("epochs", "seeds", "seeds_done", "val_error_mean",
+                                                            "test_error_mean")}}
+            return to_dict(validate(winner["config"])), source
+    else:
+        chosen = "exporting the search's incumbent" if trial is None else f"exporting trial {trial}"
     if trial is None:
         info = run_status(run_dir)
         notes = info["notes"]
@@ -57,7 +70,7 @@ def _source_config(run_dir: str | Path | None, preset: str | None, trial: int | 
         if inc is None:
             raise UserError(f"{run_dir} has no successful trial yet: nothing to export")
         return to_dict(validate(inc["config"])), {"run_dir": str(run_dir.resolve()), "trial": inc["trial"],
-                                                   "val_error": inc["error"], "notes": notes}
+                                                   "val_error": inc["error"], "chosen": chosen, "notes": notes}
     trials, configs, _ = load_runhistory(find_smac_dir(run_dir), notes=notes)
     match = [t for t in trials if t["trial"] == trial]
     if not match:
@@ -138,13 +151,19 @@ def export_model(
     onnx: bool = False,
     num_classes: int = 1000,
     seed: int = 0,
+    incumbent: bool = False,
 ) -> dict[str, Any]:
-    """Build the full-size model of the chosen configuration and write weights, sidecar, card (and ONNX)."""
+    """Build the full-size model of the chosen configuration and write weights, sidecar, card (and ONNX).
+
+    From a run: the winner of its finished ``nexsearch evaluate`` when there is one, else (or with
+    ``incumbent=True``) the search's incumbent; ``trial`` picks a trial.
+    """
     if size not in SIZES and not (size == "xception" and preset == "xception"):
         raise UserError(f"unknown size '{size}': choose one of {', '.join(SIZES)}")
-    config, source = _source_config(run_dir, preset, trial)
+    config, source = _source_config(run_dir, preset, trial, incumbent)
     for note in source.pop("notes", []):  # the run's live state file was unreadable: say which copy was read
         print(f"note: {note}", file=sys.stderr)
+    chosen = source.pop("chosen", None)
     out = Path(out)
     if out.suffix != ".safetensors":
         raise UserError(f"--out must end in .safetensors, got {out.name}")
@@ -191,7 +210,7 @@ def export_model(
 
         _atomic_write(onnx_path, write_onnx)
         paths["onnx"] = str(onnx_path)
-    return {**meta, "paths": paths, "card": card}
+    return {**meta, "paths": paths, "card": card, "chosen": chosen}
 
 
 def read_sidecar(path: str | Path) -> tuple[Path, dict[str, Any]]:

@@ -148,9 +148,32 @@ def test_folder_dataset(tmp_path):
     for cls in ("cat", "dog"):
         (tmp_path / cls).mkdir()
         for i in range(5):
-            Image.fromarray(np.full((20, 24, 3), 40 * i, np.uint8)).save(tmp_path / cls / f"{i}.png")
+            Image.fromarray(np.full((20, 24, 3), 40 * i + (cls == "dog"), np.uint8)).save(tmp_path / cls / f"{i}.png")
     splits = load_dataset("folder", tmp_path, image_size=16, val_fraction=0.2)
-    assert splits.num_classes == 2 and len(splits.train) == 8 and splits.image_size == 16
+    # 10 images: a seeded test_fraction 0.1 (1 image) is carved off first, then 20% of the rest for validation.
+    assert splits.num_classes == 2 and splits.image_size == 16
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (7, 2, 1)
+    images = [bytes(x.numpy().tobytes()) for part in (splits.train, splits.val, splits.test) for x in part.images]
+    assert len(set(images)) == 10  # disjoint, every image once
+    again = load_dataset("folder", tmp_path, image_size=16, val_fraction=0.2)
+    assert torch.equal(again.test.images, splits.test.images)  # seeded
+
+
+def test_folder_dataset_with_a_test_dir(tmp_path):
+    from PIL import Image
+
+    for root, n in ((tmp_path / "train", 6), (tmp_path / "test", 3)):
+        for cls in ("cat", "dog"):
+            (root / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(np.full((8, 8, 3), 30 * i + (root.name == "test"), np.uint8)).save(root / cls / f"{i}.png")
+    splits = load_dataset("folder", tmp_path / "train", image_size=8, val_fraction=0.25, test_dir=tmp_path / "test")
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (9, 3, 6)
+    assert sorted(splits.test.labels.tolist()) == [0, 0, 0, 1, 1, 1]
+    (tmp_path / "test" / "bird").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "test" / "bird" / "0.png")
+    with pytest.raises(UserError, match="same class sub-folders"):
+        load_dataset("folder", tmp_path / "train", image_size=8, test_dir=tmp_path / "test")
 
 
 def test_target_function_success_and_failure(tmp_path):

@@ -230,7 +230,9 @@ def analyze(run_dir: str | Path, out: str | Path | None = None, top: int = 5) ->
     for note in notes:
         page.footnote(note)
     files["report"] = str(page.write(out / "report.html"))
-    return {**facts, "files": files, "notes": notes}
+    from nexsearch.evaluate import load_summary
+
+    return {**facts, "files": files, "notes": notes, "evaluation": load_summary(run_dir)}
 
 
 def compare(run_dirs: Sequence[str | Path], out: str | Path, top: int = 5) -> dict[str, Any]:
@@ -298,6 +300,10 @@ def print_summary(summary: dict[str, Any]) -> None:
               f"over {row['configurations']} configurations that ran at both")
     for note in summary["notes"]:
         print(note)
+    if summary.get("evaluation"):
+        from nexsearch.evaluate import print_evaluation
+
+        print_evaluation(summary["evaluation"])
     for kind, path in summary["files"].items():
         print(f"wrote {kind}: {path}")
 

@@ -235,6 +235,14 @@ class Run:
                              "spearman": rho})
         return pd.DataFrame(rows, columns=["budget", "compared with budget", "configurations", "spearman"])
 
+    @property
+    def evaluation(self) -> pd.DataFrame:
+        """``nexsearch evaluate``'s table: one row per candidate and evaluation (epochs), best first, with mean and
+        std of validation and test error, params, MACs, throughput, search cost, winner (empty without one)."""
+        from nexsearch.evaluate import evaluation_frame
+
+        return evaluation_frame(self.path)
+
     def importance(self, method: str = "lpi", budget: float | str | None = None, seed: int = 0) -> pd.DataFrame:
         """Hyperparameter importance by DeepCAVE's own evaluators on DeepCAVE's SMAC3 converter.
 

@@ -10,6 +10,10 @@ N x C x H x W (uint8) and int64 labels. The validation split is carved from the 
   scikit-learn), upsampled to a small RGB square: the offline real dataset.
 * ``synthetic`` -- generated images whose labels are learnable (class templates + noise).
 * ``folder`` -- any torchvision ``ImageFolder`` tree (``data_dir``), resized to ``image_size``.
+
+Test splits: cifar100 its test set; digits and synthetic a seeded held-out 20%; folder another
+ImageFolder tree (``test_dir``, same classes) or, without one, a seeded ``test_fraction`` (default
+0.1) carved off before the validation split. Test, validation and training images are disjoint.
 """
 
 from __future__ import annotations
@@ -159,7 +163,7 @@ def synthetic_data(n: int = 2048, num_classes: int = 10, image_size: int = 32, s
     return TensorData(imgs.mul(255).round().clamp(0, 255).to(torch.uint8), labels)
 
 
-def _folder(data_dir: Path, image_size: int) -> tuple[TensorData, int]:
+def _folder(data_dir: Path, image_size: int) -> tuple[TensorData, list[str]]:
     from torchvision.datasets import ImageFolder
     from torchvision.transforms.functional import pil_to_tensor, resize
 
@@ -176,7 +180,7 @@ def _folder(data_dir: Path, image_size: int) -> tuple[TensorData, int]:
             raise UserError(f"cannot read image {path} ({type(exc).__name__}: {exc}): remove or replace it") from None
 
     images = torch.stack([read(path) for path, _ in ds.samples])
-    return TensorData(images, torch.as_tensor(ds.targets, dtype=torch.int64)), len(ds.classes)
+    return TensorData(images, torch.as_tensor(ds.targets, dtype=torch.int64)), list(ds.classes)
 
 
 def load_dataset(
@@ -190,10 +194,13 @@ def load_dataset(
     synthetic_size: int = 2048,
     synthetic_classes: int = 10,
     train_subset: int | None = None,
+    test_fraction: float = 0.1,
+    test_dir: str | Path | None = None,
 ) -> Splits:
     """Load ``name`` into memory (CPU) and split off a seeded validation set.
 
     ``train_subset`` keeps only that many (random) training images: a cheaper proxy.
+    ``test_dir`` / ``test_fraction``: the test split of a ``folder`` dataset (see the module docstring).
     """
     if name == "cifar100":
         base = Path(data_dir) if data_dir else Path("data")
@@ -213,6 +220,14 @@ def load_dataset(
     if name == "folder":
         if data_dir is None:
             raise UserError("dataset 'folder' needs --data-dir pointing at an ImageFolder tree")
-        train, classes = _folder(Path(data_dir), image_size or 32)
-        return _finish(name, train, None, classes, val_fraction, seed, train_subset)
+        data, classes = _folder(Path(data_dir), image_size or 32)
+        if test_dir is not None:
+            test, test_classes = _folder(Path(test_dir), image_size or 32)
+            if test_classes != classes:
+                raise UserError(f"test folder {test_dir} has classes {test_classes[:5]}..., the training folder "
+                                f"{data_dir} {classes[:5]}...: both need the same class sub-folders")
+            train = data
+        else:
+            train, test = _split(data, test_fraction, seed + 2)
+        return _finish(name, train, test, len(classes), val_fraction, seed, train_subset)
     raise UserError(f"unknown dataset '{name}': choose one of {', '.join(DATASETS)}")

@@ -50,6 +50,8 @@ class ObjectiveSpec:
     train_subset: int | None = None  # use only this many training images
     synthetic_size: int = 2048  # dataset "synthetic": images before the test and validation splits
     synthetic_classes: int = 10
+    test_fraction: float = 0.1  # folder datasets without test_dir: the seeded share held out for testing
+    test_dir: str | None = None  # folder datasets: an ImageFolder tree of test images
     train: dict[str, Any] = field(default_factory=dict)  # TrainSettings fields
     objectives: tuple[str, ...] = ("error",)
     trials_path: str | None = None  # JSON lines, one per finished trial
@@ -74,7 +76,8 @@ class ObjectiveSpec:
     @property
     def data_key(self) -> tuple:
         return (self.dataset, self.data_dir, self.val_fraction, self.data_seed, self.image_size, self.train_subset,
-                self.synthetic_size, self.synthetic_classes, self.train.get("device", "auto"))
+                self.synthetic_size, self.synthetic_classes, self.train.get("device", "auto"),
+                self.test_fraction, self.test_dir)
 
 
 class TrialFailed(RuntimeError):
@@ -114,14 +117,20 @@ def loaded() -> tuple[ObjectiveSpec, Splits]:
         raise RuntimeError("nexsearch.objectives.target.configure(...) was not called in this process")
     spec: ObjectiveSpec = _PROCESS["spec"]
     if "splits" not in _PROCESS:
-        device = resolve_device(spec.settings.device)
-        splits = load_dataset(
-            spec.dataset, spec.data_dir, val_fraction=spec.val_fraction, seed=spec.data_seed,
-            image_size=spec.image_size, download=spec.download, train_subset=spec.train_subset,
-            synthetic_size=spec.synthetic_size, synthetic_classes=spec.synthetic_classes,
-        )
-        _PROCESS["splits"] = splits.to(device)
+        _PROCESS["splits"] = load_splits(spec)
     return spec, _PROCESS["splits"]
+
+
+def load_splits(spec: ObjectiveSpec) -> Splits:
+    """The dataset of ``spec``, split and moved to its training device."""
+    device = resolve_device(spec.settings.device)
+    splits = load_dataset(
+        spec.dataset, spec.data_dir, val_fraction=spec.val_fraction, seed=spec.data_seed,
+        image_size=spec.image_size, download=spec.download, train_subset=spec.train_subset,
+        synthetic_size=spec.synthetic_size, synthetic_classes=spec.synthetic_classes,
+        test_fraction=spec.test_fraction, test_dir=spec.test_dir,
+    )
+    return splits.to(device)
 
 
 def append_jsonl(path: str | Path, record: Mapping[str, Any]) -> None:

@@ -252,6 +252,8 @@ class _Run:
     eval_s: float = 0.0  # validation passes and the throughput measurement
     val_loss: float | None = None
     val_error: float | None = None
+    test_loss: float | None = None
+    test_error: float | None = None
 
 
 def train_proxy(
@@ -260,8 +262,12 @@ def train_proxy(
     settings: TrainSettings | None = None,
     seed: int = 0,
     budget: float | None = None,
+    test: bool = False,
 ) -> dict[str, Any]:
-    """Train the proxy of ``config`` for ``budget`` epochs; return the result record (never raises for a bad trial)."""
+    """Train the proxy of ``config`` for ``budget`` epochs; return the result record (never raises for a bad trial).
+
+    ``test=True`` (final evaluations only, never a search) also reports ``test_error`` and ``test_loss``.
+    """
     settings = settings or TrainSettings()
     device = splits.train.images.device
     epochs = budget_to_epochs(budget, settings.epochs)
@@ -273,7 +279,7 @@ def train_proxy(
     model = optimizer = None
     try:
         config = to_dict(validate(config))
-        status, reason, model, optimizer = _train(config, splits, settings, seed, device, run, start)
+        status, reason, model, optimizer = _train(config, splits, settings, seed, device, run, start, test)
     except torch.OutOfMemoryError as exc:
         status, reason = "oom", f"out of memory: {str(exc).splitlines()[0] if str(exc) else 'OutOfMemoryError'}"
     except _Diverged as exc:
@@ -311,10 +317,11 @@ def train_proxy(
         "device": str(device),
         "curve": run.curve,
         "config": dict(config),
+        **({"test_error": run.test_error if ok else None, "test_loss": run.test_loss if ok else None} if test else {}),
     }
 
 
-def _train(config, splits, settings, seed, device, run, start):
+def _train(config, splits, settings, seed, device, run, start, test=False):
     _seed_everything(seed)
     g = torch.Generator(device=device).manual_seed(seed)
     model = build_model(
@@ -403,6 +410,10 @@ def _train(config, splits, settings, seed, device, run, start):
                       f"of {run.epochs} epochs")
             break
     eval_start = time.perf_counter()
+    if test:
+        if splits.test is None:
+            raise UserError(f"dataset '{splits.name}' has no test split")
+        run.test_loss, run.test_error = evaluate(net, splits.test, batches, settings)
     short = run.epochs < SHORT_TRIAL_EPOCHS  # a short trial is a cheap estimate: half the timed batches
     iters = max(1, settings.throughput_iters // 2) if short else settings.throughput_iters
     run.throughput = measure_throughput(net, splits.image_size, device, settings, iters)

@@ -27,8 +27,6 @@ class NexsearchWorkerPlugin(WorkerPlugin):
     def setup(self, worker: Any) -> None:
         import torch
 
-        from nexsearch.objectives.target import configure
-
         spec = dict(self.spec, train=dict(self.spec.get("train", {})))
         index = worker.name if isinstance(worker.name, int) else 0
         device = spec["train"].get("device", "auto")
@@ -36,6 +34,12 @@ class NexsearchWorkerPlugin(WorkerPlugin):
             spec["train"]["device"] = f"cuda:{index % torch.cuda.device_count()}"
         elif device in ("auto", "cpu") and self.n_local_workers:
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.n_local_workers))
+        self.configure(spec)
+
+    def configure(self, spec: dict[str, Any]) -> None:
+        """Hand the worker's spec (its device chosen) to what it evaluates: SMAC's target function here."""
+        from nexsearch.objectives.target import configure
+
         configure(spec)
 
 

@@ -68,6 +68,7 @@ FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "name": ((lambda v: bool(v.strip()) and "/" not in v), "a non-empty name without '/'"),
     "dataset": ((lambda v: v in DATASETS), f"one of {', '.join(DATASETS)}"),
     "val_fraction": ((lambda v: 0 < v < 1), "a number between 0 and 1 (exclusive)"),
+    "test_fraction": ((lambda v: 0 < v < 1), "a number between 0 and 1 (exclusive)"),
     "image_size": _at_least(8),
     "train_subset": _at_least(2),
     "device": _DEVICE,
@@ -154,6 +155,8 @@ class Experiment:
     val_fraction: float = 0.1
     image_size: int | None = None
     train_subset: int | None = None  # train proxies on this many (random) training images only
+    test_fraction: float = 0.1  # folder datasets without test_dir: seeded share held out for testing
+    test_dir: str | None = None  # folder datasets: an ImageFolder tree of test images (same classes)
     device: str = "auto"
     seed: int = 0
     output_dir: str | None = None  # default: runs/<name>
@@ -210,7 +213,8 @@ class Experiment:
         train = dict(self.train, device=self.device, crash_cost=self.crash_cost, epochs=self.max_epochs)
         return ObjectiveSpec(
             dataset=self.dataset, data_dir=self.data_dir, download=self.download, val_fraction=self.val_fraction,
-            data_seed=self.seed, image_size=self.image_size, train_subset=self.train_subset, train=train, objectives=tuple(self.objectives),
+            data_seed=self.seed, image_size=self.image_size, train_subset=self.train_subset, train=train,
+            test_fraction=self.test_fraction, test_dir=self.test_dir, objectives=tuple(self.objectives),
             trials_path=str(trials_path) if trials_path else None, deadline=deadline, full_layout=self.full_layout,
             latency_cache=str(Path(trials_path).parent / LATENCY_CACHE) if trials_path else None,
         )

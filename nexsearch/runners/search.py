@@ -138,15 +138,21 @@ class _RunState:
             os.replace(tmp, self.path)
 
 
-def _lock(run_dir: Path):
-    fh = open(run_dir / ".lock", "a+")
+def exclusive_lock(path: Path, busy):
+    """A non-blocking exclusive lock on ``path``, held until the returned file is closed; ``UserError(busy())``
+    when another process holds it."""
+    fh = open(path, "a+")
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         fh.close()
-        pid = read_state(run_dir).get("pid", "?")
-        raise UserError(f"run {run_dir} is in use by another nexsearch process (pid {pid}): wait for it or stop it") from None
+        raise UserError(busy()) from None
     return fh
+
+
+def _lock(run_dir: Path):
+    return exclusive_lock(run_dir / ".lock", lambda: f"run {run_dir} is in use by another nexsearch process "
+                                                     f"(pid {read_state(run_dir).get('pid', '?')}): wait for it or stop it")
 
 
 def prepare_run_dir(exp: Experiment) -> tuple[Path, bool]:

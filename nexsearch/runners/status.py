@@ -228,6 +228,11 @@ def run_status(run_dir: str | Path) -> dict[str, Any]:
         pts = [(t["cost"], {"trial": t["trial"], "costs": dict(zip(objectives, t["cost"])),
                             "config": configs.get(str(t["config_id"]), {})}) for t in ok]
         info["pareto_front"] = sorted(_pareto(pts), key=lambda p: p["costs"][objectives[0]])
+    from nexsearch.evaluate import load_summary
+
+    evaluation = load_summary(run_dir)  # `nexsearch evaluate`'s table, when there is one
+    if evaluation:
+        info["evaluation"] = evaluation
     return info
 
 
@@ -263,4 +268,8 @@ def print_status(run_dir: str | Path) -> dict[str, Any]:
     console.print(t)
     for f in info["failures"][-5:]:
         console.print(f"failed trial {f['trial']} ({f['status']}): {f['reason']}", highlight=False, soft_wrap=True)
+    if "evaluation" in info:
+        from nexsearch.evaluate import print_evaluation
+
+        print_evaluation(info["evaluation"], console)
     return info
