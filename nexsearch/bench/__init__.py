@@ -109,8 +109,8 @@ def _add_suite(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="folder for the JSON files and summary.md")
     p.add_argument("--quick", action="store_true", help="tiny sizes (a CPU smoke test of the whole suite)")
     p.add_argument("--parts", help="comma-separated subset of the parts (default: all)")
-    p.add_argument("--time-limit", type=float, default=480.0,
-                   help="seconds the whole suite may take; later parts get what is left (default 480)")
+    p.add_argument("--time-limit", type=float, default=450.0,
+                   help="seconds the whole suite may take; later parts get what is left (default 450)")
     _device(p, default="auto")
 
 

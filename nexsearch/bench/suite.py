@@ -6,12 +6,13 @@ cut short still leaves what it measured), then ``DIR/summary.json`` and ``DIR/su
 * ``train_w1.0``, ``train_w0.125`` -- bench train at the paper's proxy width and an eighth of it
   (``quick``: 0.25 and 0.125)
 * ``infer_<format>_<blurpool>``     -- bench infer of the presets and timm baselines, channels_last
-  and contiguous, timm's BlurPool and the format-keeping one (four parts)
+  and contiguous, timm's BlurPool and the format-keeping one (four parts; the first runs every
+  default model, the other three the paper's two ratio pairs, to keep within the time limit)
 * ``trials``                       -- bench trials at concurrency 1, 2, 4, 8
 
 A part that fails (a missing package, out of memory) records its error in its JSON and in the
 summary, and the suite goes on. Every part imports what it needs only when it runs. The
-whole suite keeps within ``time_limit_s`` (8 minutes by default): bench trials gets what is
+whole suite keeps within ``time_limit_s`` (7.5 minutes by default): bench trials gets what is
 left, level by level. ``quick``: tiny sizes, for a CPU smoke test.
 """
 
@@ -31,6 +32,8 @@ from typing import Any
 from nexsearch.errors import UserError
 
 QUICK_INFER_MODELS = ("nexception_t", "legacy_xception")
+# The paper's two ratio pairs: every A/B variant of bench infer runs these; the first variant runs all defaults.
+PAIR_MODELS = ("nexception_t", "legacy_xception", "nexception_tp", "convnext_tiny")
 
 
 def _parts(device: str, quick: bool, time_left: Callable[[], float]) -> list[tuple[str, str, Callable[[], dict]]]:
@@ -48,14 +51,15 @@ def _parts(device: str, quick: bool, time_left: Callable[[], float]) -> list[tup
                                workers=8)
         return run
 
-    def infer(memory: str, keep_format: bool) -> Callable[[], dict]:
+    def infer(memory: str, keep_format: bool, models: tuple[str, ...] | None) -> Callable[[], dict]:
         def run() -> dict:
             from nexsearch.bench.infer import bench_infer
 
             if quick:
                 return bench_infer(list(QUICK_INFER_MODELS), device=device, batch=1, reps=1, warmup=1, input_size=32,
                                    memory=memory, blurpool_keep_format=keep_format)
-            return bench_infer(None, device=device, reps=20, warmup=5, memory=memory, blurpool_keep_format=keep_format)
+            return bench_infer(list(models) if models else None, device=device, reps=20, warmup=5, memory=memory,
+                               blurpool_keep_format=keep_format)
         return run
 
     def trials() -> dict:
@@ -74,10 +78,12 @@ def _parts(device: str, quick: bool, time_left: Callable[[], float]) -> list[tup
     for memory in ("channels_last", "contiguous"):
         for keep in (False, True):
             blur = "keep-format" if keep else "timm"
-            cmd = (f"nexsearch bench infer --reps 20 --warmup 5 --memory-format {memory} --blurpool {blur}" if not quick
+            models = None if (memory, keep) == ("channels_last", False) else PAIR_MODELS
+            cmd = (f"nexsearch bench infer{f' --models {chr(44).join(models)}' if models else ''} --reps 20 "
+                   f"--warmup 5 --memory-format {memory} --blurpool {blur}" if not quick
                    else f"nexsearch bench infer --models {','.join(QUICK_INFER_MODELS)} --batch-size 1 --reps 1 "
                         f"--warmup 1 --input-size 32 --memory-format {memory} --blurpool {blur}")
-            parts.append((f"infer_{memory}_{blur}", cmd, infer(memory, keep)))
+            parts.append((f"infer_{memory}_{blur}", cmd, infer(memory, keep, models)))
     parts.append(("trials", "nexsearch bench trials --concurrency 1,2,4,8 --epochs 2 --images 20000 "
                             "--trial-images 45000" if not quick else "nexsearch bench trials (quick sizes)", trials))
     return [(name, f"{cmd} --device {device}", thunk) for name, cmd, thunk in parts]
@@ -124,7 +130,7 @@ def _environment(device: str) -> dict[str, Any]:
 
 
 def run_suite(out: str | Path, device: str = "auto", quick: bool = False, parts: list[str] | None = None,
-              time_limit_s: float = 480.0) -> dict[str, Any]:
+              time_limit_s: float = 450.0) -> dict[str, Any]:
     """Run every part (or ``parts``), writing each JSON as it finishes; return the summary."""
     from nexsearch.device import resolve_device
 

@@ -82,14 +82,15 @@ def _level(n: int, spec: dict[str, Any], config: dict[str, Any], epochs: int, tr
         client, cluster = make_client(n, None, tmp)
         try:
             client.register_plugin(NexsearchWorkerPlugin(spec, n))
-            client.wait_for_workers(n, timeout=300)
+            client.wait_for_workers(n, timeout=300 if timeout_s is None else max(1.0, min(300.0, timeout_s)))
             started = time.perf_counter()
             train_images = max(client.run(_load_data).values())
             loaded = time.perf_counter()
             addresses = sorted(client.scheduler_info()["workers"])
             futures = [client.submit(evaluate_trial, config, 0, float(epochs), pure=False, workers=[a],
                                      allow_other_workers=False) for a in addresses[:n]]
-            results = client.gather(futures) if timeout_s is None else _gather(client, futures, timeout_s)
+            left = None if timeout_s is None else max(1.0, timeout_s - (time.perf_counter() - t0))
+            results = client.gather(futures) if left is None else _gather(client, futures, left)
             finished = time.perf_counter()
         finally:
             client.close()
