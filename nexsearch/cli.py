@@ -94,7 +94,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--objectives", help="comma-separated: error[,latency|params|macs]")
     p.add_argument("--workers", help="parallel trials through Dask: a number, or auto (#GPUs x --workers-per-gpu, "
                                      "else one per CPU slot)")
-    p.add_argument("--workers-per-gpu", type=int, help="trials sharing each GPU under --workers auto (default 1; "
+    p.add_argument("--workers-per-gpu", type=int, help="trials sharing each GPU under --workers auto (default 4; "
                                                        "pick it with nexsearch bench trials)")
     p.add_argument("--scheduler", help="address of an existing Dask scheduler to join (e.g. tcp://host:8786)")
     p.set_defaults(func=_run)

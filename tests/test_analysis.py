@@ -257,7 +257,7 @@ def test_running_trials_are_neither_results_nor_failures(random_run, tmp_path, c
     rh.write_text(json.dumps(data))
     shutil.rmtree(live / "smac" / "0" / ".nexsearch-backup", ignore_errors=True)
     before, run = load_run(random_run), load_run(live)
-    assert len(run.trials) == len(before.trials) + 1
+    assert len(run.trials) == len(before.trials) and run.unfinished == before.unfinished + 1
     assert len(run.failed) == len(before.failed) and len(run.successful) == len(before.successful)
     assert main(["analyze", str(live)]) == 0
     out = capsys.readouterr().out

@@ -55,12 +55,16 @@ def test_blurpool_switch_keeps_the_models_output():
     torch.manual_seed(0)
     model = build_model(config, "proxy", width=0.125, depth=1).eval().to(memory_format=torch.channels_last)
     x = torch.randn(2, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    # the builder's default is the format-keeping BlurPool (same output, faster on CUDA in channels_last)
+    assert [type(m) for m in model.modules() if isinstance(m, BlurPool2d)] == [FormatKeepingBlurPool2d] * 2
     with torch.no_grad():
         before = model(x)
+        use_blurpool(model, keep_format=False)
+        timm_out = model(x)
         pools = [m for m in use_blurpool(model).modules() if isinstance(m, BlurPool2d)]
         after = model(x)
     assert pools and all(type(m) is FormatKeepingBlurPool2d for m in pools)
-    assert torch.equal(before, after)
+    assert torch.equal(before, after) and torch.equal(before, timm_out)
     use_blurpool(model, keep_format=False)
     assert all(type(m) is BlurPool2d for m in model.modules() if isinstance(m, BlurPool2d))
 

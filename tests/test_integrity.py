@@ -133,7 +133,7 @@ def test_truncated_runhistory_read_from_backup_says_so(tmp_path, fake_trials):
 def test_cut_trial_is_not_told_to_smac_and_runs_again_when_extended(tmp_path):
     out = tmp_path / "run"
     exp = tiny(out, max_trials=2)  # the default configuration (Xception) is the first trial
-    run_search(exp, 0.5, console=quiet())  # the budget ends before Xception can start
+    run_search(exp, 0.01, console=quiet())  # the budget ends before Xception can start
     log = [json.loads(x) for x in (out / "trials.jsonl").read_text().splitlines()]
     assert [r["status"] for r in log] == ["cut"] and "budget ended" in log[0]["reason"]
     assert all(t["status"] == 0 for t in entries(out))  # no cost for SMAC: not CRASHED, not 1.0

@@ -56,7 +56,7 @@ def run_facts(run: "Run") -> dict[str, Any]:
         "dataset": run.experiment.get("dataset", "?"), "objectives": list(run.objectives),
         "budget_s": run.state.get("budget_s"), "used_s": run.used_s,
         "trials": len(t), "successful": len(run.successful), "failed": len(failed),
-        "running": int((t["status"] == "running").sum()) if not t.empty else 0,
+        "running": run.unfinished,  # RUNNING entries: in flight, or interrupted and evaluated again on resume
         "trials_per_hour": finished / _hours(run.used_s) if run.used_s > 0 else float("nan"),
         "failure_reasons": (failed["reason"].replace("", "(no reason recorded)").value_counts().to_dict()
                             if len(failed) else {}),

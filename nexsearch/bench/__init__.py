@@ -41,8 +41,9 @@ def _variants(p: argparse.ArgumentParser, precision: str) -> None:
                    help="model and input memory format (default channels_last)")
     p.add_argument("--compile", default="false", choices=COMPILE_CHOICES, metavar="MODE",
                    help="torch.compile mode: false (default), default, reduce-overhead, max-autotune")
-    p.add_argument("--blurpool", default="timm", choices=["timm", "keep-format"],
-                   help="BlurPool's reflect pad: timm's (default) or the variant that keeps channels_last")
+    p.add_argument("--blurpool", default="keep-format", choices=["keep-format", "timm"],
+                   help="BlurPool's reflect pad: the one that keeps channels_last (default, what nexsearch builds) "
+                        "or timm's BlurPool2d")
 
 
 def variant_kwargs(args: argparse.Namespace) -> dict:

@@ -67,7 +67,7 @@ def bench_model(model: torch.nn.Module, input_size: int, device: torch.device, b
 def bench_infer(models: list[str] | None = None, device: str = "auto", batch: int | None = None, reps: int = 30,
                 warmup: int = 5, input_size: int | None = None, precision: str = "fp16",
                 memory: str = "channels_last", compile: str | bool = False,
-                blurpool_keep_format: bool = False) -> dict[str, Any]:
+                blurpool_keep_format: bool = True) -> dict[str, Any]:
     from nexsearch.search_space.builder import count_params, use_blurpool
 
     check_precision(precision)

@@ -91,7 +91,7 @@ def bench_train(
     precision: str = "bf16",
     memory: str = "channels_last",
     compile: str | bool = False,
-    blurpool_keep_format: bool = False,
+    blurpool_keep_format: bool = True,
 ) -> dict[str, Any]:
     """Images/s of the nexsearch step and of the plain loop, and their ratio.
 
