@@ -375,3 +375,25 @@ def test_budget_counts_from_process_start_and_heartbeat_lags_under_2s(tmp_path, 
     lag = rs.used() - json.loads((out / "nexsearch.json").read_text())["used_s"]
     rs.stop("stopped")
     assert 0 <= lag < 1.5
+
+
+def test_smac_prompt_on_a_changed_scenario_is_an_error_and_the_patch_is_scoped(tmp_path):
+    """SMAC asks on stdin when the run directory holds another scenario: nexsearch answers with a one-line error,
+    and only while it builds the facade (no global patch outlives that)."""
+    import smac.main.smbo
+    from smac.runner import TargetFunctionRunner
+
+    from nexsearch.bench.smac import fake_target
+    from nexsearch.runners.experiment import Experiment
+    from nexsearch.runners.search import _build_smac
+
+    def build(crash_cost):
+        exp = Experiment(name="prompt", dataset="synthetic", max_trials=2, initial_design=1, crash_cost=crash_cost)
+        return _build_smac(exp, tmp_path, lambda scenario, required: TargetFunctionRunner(
+            scenario, fake_target, required_arguments=["seed"]), [])
+
+    build(1.0).optimize()
+    assert not hasattr(smac.main.smbo, "input")
+    with pytest.raises(UserError, match="different scenario"):
+        build(0.5)
+    assert not hasattr(smac.main.smbo, "input")

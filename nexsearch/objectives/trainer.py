@@ -24,7 +24,7 @@ import gc
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 import numpy as np
@@ -39,7 +39,6 @@ from nexsearch.objectives.datasets import Splits, TensorData
 from nexsearch.search_space.builder import build_model, count_params
 from nexsearch.search_space.space import to_dict, validate
 
-STATUSES = ("ok", "timeout", "diverged", "oom", "crashed")
 
 
 @dataclass
@@ -352,9 +351,11 @@ def _train(config, splits, settings, seed, device, run, start, test=False):
     mixup = None
     if settings.mixup > 0 or settings.cutmix > 0:
         from timm.data import Mixup
+        from timm.loss import SoftTargetCrossEntropy
 
         mixup = Mixup(mixup_alpha=settings.mixup, cutmix_alpha=settings.cutmix,
                       label_smoothing=settings.label_smoothing, num_classes=splits.num_classes)
+        soft_target_loss = SoftTargetCrossEntropy()  # mixed targets: timm's soft-target cross-entropy
     batches = DeviceLoader(splits.train, splits, settings, g)
     step, status, reason = 0, "ok", ""
     model.train()
@@ -370,7 +371,7 @@ def _train(config, splits, settings, seed, device, run, start, test=False):
             with _autocast(device, settings):
                 logits = net(x)
             if mixup is not None:
-                loss = torch.sum(-target * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+                loss = soft_target_loss(logits.float(), target)
             else:
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=settings.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
@@ -420,6 +421,3 @@ def _train(config, splits, settings, seed, device, run, start, test=False):
     run.eval_s += time.perf_counter() - eval_start
     return status, reason, model, optimizer
 
-
-def settings_dict(settings: TrainSettings) -> dict[str, Any]:
-    return asdict(settings)

@@ -263,7 +263,6 @@ def _build_smac(exp: Experiment, run_dir: Path, runner_factory, callbacks: list,
     from nexsearch.search_space.space import build_space
 
     selector_cls = BatchedConfigSelector if selector == "batched" else ConfigSelector  # "smac": SMAC's own
-    smac.main.smbo.input = _no_prompt  # SMAC asks on stdin when a scenario changed: never block a run on that
     space = build_space(seed=exp.seed)
     crash = exp.crash_cost if not exp.multi_objective else [exp.crash_cost] + [SECONDARY_CRASH_COST] * (
         len(exp.objectives) - 1)
@@ -304,7 +303,13 @@ def _build_smac(exp: Experiment, run_dir: Path, runner_factory, callbacks: list,
         )
     if exp.multi_objective and exp.optimizer != "random":
         kwargs["multi_objective_algorithm"] = ParEGO(scenario)
-    return facade(scenario, runner, **kwargs, **common)
+    # SMAC asks on stdin (builtins.input, looked up in its smbo module) when it finds a different scenario in
+    # the run directory: never block a run on that. Scoped to the facade's construction, where SMAC asks.
+    smac.main.smbo.input = _no_prompt
+    try:
+        return facade(scenario, runner, **kwargs, **common)
+    finally:
+        del smac.main.smbo.input
 
 
 class _BackupState(Callback):
