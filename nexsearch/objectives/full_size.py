@@ -20,12 +20,12 @@ import os
 import platform
 import statistics
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
 
+from nexsearch.device import autocast, time_iterations
 from nexsearch.errors import UserError
 from nexsearch.search_space.builder import LAYOUTS, build_model, count_macs, count_params
 
@@ -83,18 +83,12 @@ def measure_latency_ms(model: torch.nn.Module, input_size: int, device: torch.de
     batch, reps, warmup = PROTOCOL["cuda" if device.type == "cuda" else "cpu"]
     model = model.to(device).eval().to(memory_format=torch.channels_last)
     x = torch.randn(batch, 3, input_size, input_size, device=device).contiguous(memory_format=torch.channels_last)
-    amp = (lambda: torch.autocast("cuda", dtype=torch.float16)) if device.type == "cuda" else nullcontext
-    times = []
-    for i in range(warmup + reps):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t = time.perf_counter()
-        with amp():
+
+    def forward() -> None:
+        with autocast(device, "fp16"):  # fp16 on CUDA; the CPU runs fp32
             model(x)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - t)
+
+    times = time_iterations(forward, device, reps, warmup=warmup)
     return 1000.0 * statistics.median(times) / batch
 
 
