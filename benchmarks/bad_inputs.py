@@ -28,6 +28,7 @@ sys.path.insert(0, str(REPO))
 import yaml  # noqa: E402
 
 from nexsearch.cli import main  # noqa: E402
+from nexsearch.rundir import RunDir  # noqa: E402
 
 TINY = {"name": "bad-inputs", "dataset": "synthetic", "image_size": 16, "train_subset": 64, "download": False,
         "data_dir": None, "min_epochs": 1, "max_epochs": 1, "initial_design": 3, "retrain_after": 2,
@@ -188,7 +189,7 @@ def run_all() -> list[dict]:
                 code, err = _call(args)
             extra = ""
             if kind == "enospc":
-                state = json.loads((d / "full" / "nexsearch.json").read_text())["status"]
+                state = RunDir(d / "full").read_state()["status"]
                 extra = f"state file: {state}; .tmp files left: {len(list((d / 'full').rglob('*.tmp')))}"
             if kind == "cuda":
                 extra = f"run directory created: {(d / 'cuda_run').exists()}"

@@ -40,18 +40,18 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from nexsearch.runners.budget import parse_budget  # noqa: E402
-from nexsearch.runners.status import find_smac_dir, load_runhistory  # noqa: E402
+from nexsearch.rundir import RunDir  # noqa: E402
 
 
 def _snapshot(run_dir: Path) -> dict:
     """Trials of the run as its readers see them: finished keys, RUNNING keys, used budget."""
     try:
-        trials, _, _ = load_runhistory(find_smac_dir(run_dir))
+        trials, _, _ = RunDir(run_dir).runhistory()
     except Exception:  # no SMAC state yet (killed during start-up)
         trials = []
     key = lambda t: f"{t['config_id']}/{t['seed']}/{t['budget']}"  # noqa: E731
     try:
-        state = json.loads((run_dir / "nexsearch.json").read_text())
+        state = RunDir(run_dir).read_state()
     except (OSError, ValueError):
         state = {}
     return {"finished": {key(t) for t in trials if t["status_name"] != "running"},
@@ -78,7 +78,7 @@ def _alive(run_dir: Path, proc: subprocess.Popen) -> float:
     t0 = time.time()
     while proc.poll() is None:
         try:
-            if json.loads((run_dir / "nexsearch.json").read_text()).get("pid") == proc.pid:
+            if RunDir(run_dir).read_state().get("pid") == proc.pid:
                 break
         except (OSError, ValueError):
             pass

@@ -11,19 +11,24 @@ import resource
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from nexsearch.errors import UserError
 
-PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
-MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported inside the functions: the experiment's checks (``resolve_workers``, ``compile_mode``) run
+# before a search's heartbeat starts, and must not wait for torch.
+PRECISIONS = {"bf16": "bfloat16", "fp16": "float16", "fp32": None}  # torch dtype names
+MEMORY_FORMATS = {"channels_last": "channels_last", "contiguous": "contiguous_format"}
 COMPILE_MODES = ("false", "default", "reduce-overhead", "max-autotune")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` -> the first GPU if there is one, else the CPU; ``cuda`` without CUDA is a user error."""
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -38,10 +43,14 @@ def resolve_device(name: str = "auto") -> torch.device:
 def sync(device: torch.device) -> None:
     """Wait for the device's queued work (a no-op on the CPU)."""
     if device.type == "cuda":
+        import torch
+
         torch.cuda.synchronize(device)
 
 
 def device_name(device: torch.device) -> str:
+    import torch
+
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({torch.get_num_threads()} threads)"
@@ -59,16 +68,20 @@ def autocast(device: torch.device, precision: str = "bf16"):
     Reduced precision is used on CUDA only; on the CPU every precision runs fp32 (CPU autocast
     is slower than fp32 for these convolutions).
     """
+    import torch
+
     dtype = PRECISIONS[check_precision(precision)]
     if dtype is None or device.type != "cuda":
         return nullcontext()
-    return torch.autocast(device_type="cuda", dtype=dtype)
+    return torch.autocast(device_type="cuda", dtype=getattr(torch, dtype))
 
 
 def memory_format(name: str) -> torch.memory_format:
+    import torch
+
     if name not in MEMORY_FORMATS:
         raise UserError(f"unknown memory format '{name}': choose one of {', '.join(MEMORY_FORMATS)}")
-    return MEMORY_FORMATS[name]
+    return getattr(torch, MEMORY_FORMATS[name])
 
 
 def compile_mode(value: Any) -> str | None:
@@ -89,12 +102,16 @@ def compile_mode(value: Any) -> str | None:
 
 def maybe_compile(model: torch.nn.Module, mode: Any) -> torch.nn.Module:
     """``torch.compile(model, mode=...)`` for a compile setting, or the model itself for ``false``."""
+    import torch
+
     resolved = compile_mode(mode)
     return model if resolved is None else torch.compile(model, mode=resolved)
 
 
 def peak_memory_mb(device: torch.device) -> tuple[float, str]:
     """(peak memory in MiB, what was measured): CUDA's max allocated, or the process's max RSS."""
+    import torch
+
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_max_rss"
@@ -134,6 +151,8 @@ def resolve_workers(workers: int | str, workers_per_gpu: int = 1, device: str = 
         raise UserError(f"workers_per_gpu must be a whole number of at least 1, got {workers_per_gpu!r}")
     if isinstance(workers, str) and workers.strip().lower() == "auto":
         uses_cuda = device == "auto" or str(device).startswith("cuda")
+        import torch
+
         if uses_cuda and torch.cuda.is_available():
             gpus = 1 if ":" in str(device) else torch.cuda.device_count()
             return gpus * workers_per_gpu

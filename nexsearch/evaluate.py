@@ -23,7 +23,6 @@ those in flight. A different ``--epochs`` is a separate evaluation kept beside t
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import hashlib
 import json
 import math
@@ -38,7 +37,6 @@ from rich.console import Console
 
 from nexsearch.errors import UserError
 
-EVAL_DIR = "evaluation"
 RESULTS_FILE = "results.jsonl"
 SUMMARY_JSON = "summary.json"
 SUMMARY_CSV = "summary.csv"
@@ -73,11 +71,12 @@ def config_key(config: dict[str, Any]) -> str:
 def select_candidates(run_dir: Path, top: int, presets: Sequence[str]) -> tuple[list[Candidate], set[int]]:
     """The run's ``top`` best distinct configurations at its highest budget plus the presets (deduplicated),
     and the seeds the search used. Reads one consistent snapshot of SMAC's runhistory."""
-    from nexsearch.runners.status import _pareto, find_smac_dir, load_runhistory
+    from nexsearch.rundir import RunDir
+    from nexsearch.runners.status import _pareto
     from nexsearch.search_space.presets import preset
 
     preset_configs = {name: preset(name) for name in presets}  # unknown name -> one line
-    trials, configs, objectives = load_runhistory(find_smac_dir(run_dir))
+    trials, configs, objectives = RunDir(run_dir).runhistory()
     ok = [t for t in trials if t["status_name"] == "success" and str(t["config_id"]) in configs]
     if not ok:
         raise UserError(f"{run_dir} has no successful trial yet: nothing to evaluate (let the search run longer)")
@@ -148,10 +147,11 @@ def read_results(path: Path, strict: bool = True) -> list[dict[str, Any]]:
 
 def load_summary(run_dir: str | Path) -> dict[str, Any] | None:
     """``evaluation/summary.json`` of a run, or None when it has never been evaluated."""
-    path = Path(run_dir) / EVAL_DIR / SUMMARY_JSON
+    from nexsearch.rundir import RunDir, read_json_retry
+
+    path = RunDir(run_dir).evaluation / SUMMARY_JSON
     if not path.exists():
         return None
-    from nexsearch.runners.status import read_json_retry
 
     return read_json_retry(path)
 
@@ -440,10 +440,8 @@ def evaluate_run(run_dir: str | Path, *, top: int = 5, seeds: int = 3, epochs: i
                  presets: Sequence[str] = DEFAULT_PRESETS, workers: int | None = None, scheduler: str | None = None,
                  device: str | None = None, console: Console | None = None) -> dict[str, Any]:
     """Evaluate (or resume evaluating) the run's best configurations and the presets; return the summary."""
-    from nexsearch.objectives.target import append_jsonl
+    from nexsearch.rundir import RunDir, append_jsonl, exclusive_lock, unlock
     from nexsearch.runners.experiment import read_saved_experiment
-    from nexsearch.runners.search import exclusive_lock
-    from nexsearch.runners.status import find_smac_dir
 
     console = console or Console()
     if top < 1 or seeds < 1:
@@ -452,13 +450,13 @@ def evaluate_run(run_dir: str | Path, *, top: int = 5, seeds: int = 3, epochs: i
         raise UserError(f"--epochs must be at least 1, got {epochs}")
     if workers is not None and workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}")
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise UserError(f"{run_dir} does not exist or is not a directory: pass a run directory")
-    find_smac_dir(run_dir)
-    if not (run_dir / "experiment.yaml").is_file():
-        raise UserError(f"{run_dir} is not a nexsearch run (no experiment.yaml): pass the directory `nexsearch run` wrote")
-    exp = read_saved_experiment(run_dir)
+    rd = RunDir(run_dir).require_dir()
+    run_dir = rd.path
+    rd.find_smac_dir()
+    if not rd.is_run():
+        raise UserError(f"{run_dir} is not a nexsearch run (no {rd.EXPERIMENT}): pass the directory `nexsearch run` "
+                        "wrote")
+    exp = read_saved_experiment(rd)
     candidates, search_seeds = select_candidates(run_dir, top, presets)  # checks before anything is written
     epochs = epochs or exp.max_epochs
     spec = dataclasses.asdict(exp.objective_spec(None))
@@ -467,7 +465,7 @@ def evaluate_run(run_dir: str | Path, *, top: int = 5, seeds: int = 3, epochs: i
     from nexsearch.objectives.trainer import resolve_device
 
     resolve_device(spec["train"]["device"])  # a CUDA device where there is none: one line now, not per training
-    eval_dir = run_dir / EVAL_DIR
+    eval_dir = rd.evaluation
     eval_dir.mkdir(exist_ok=True)
     lock = exclusive_lock(eval_dir / ".lock", lambda: f"{run_dir} is being evaluated by another nexsearch evaluate: "
                                                      "wait for it or stop it")
@@ -513,8 +511,7 @@ def evaluate_run(run_dir: str | Path, *, top: int = 5, seeds: int = 3, epochs: i
                       f"{eval_dir / PLOT_FILE}", highlight=False, soft_wrap=True)
         return summary
     finally:
-        fcntl.flock(lock, fcntl.LOCK_UN)
-        lock.close()
+        unlock(lock)
 
 
 class _Progress:

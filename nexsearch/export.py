@@ -43,9 +43,11 @@ def _source_config(run_dir: str | Path | None, preset: str | None, trial: int | 
         raise UserError("export needs either a run directory or --preset NAME (not both)")
     if preset is not None:
         return preset_config(preset), {"preset": preset}
-    from nexsearch.runners.status import find_smac_dir, load_runhistory, run_status
+    from nexsearch.rundir import RunDir
+    from nexsearch.runners.status import run_status
 
-    run_dir = Path(run_dir)
+    rd = RunDir(run_dir)
+    run_dir = rd.path
     if not run_dir.is_dir():
         raise UserError(f"{run_dir} does not exist: pass a run directory")
     notes: list[str] = []
@@ -71,7 +73,7 @@ def _source_config(run_dir: str | Path | None, preset: str | None, trial: int | 
             raise UserError(f"{run_dir} has no successful trial yet: nothing to export")
         return to_dict(validate(inc["config"])), {"run_dir": str(run_dir.resolve()), "trial": inc["trial"],
                                                    "val_error": inc["error"], "chosen": chosen, "notes": notes}
-    trials, configs, _ = load_runhistory(find_smac_dir(run_dir), notes=notes)
+    trials, configs, _ = rd.runhistory(notes=notes)
     match = [t for t in trials if t["trial"] == trial]
     if not match:
         raise UserError(f"trial {trial} not found in {run_dir}: it has trials 1..{len(trials)}")
@@ -87,13 +89,11 @@ def _source_config(run_dir: str | Path | None, preset: str | None, trial: int | 
 
 
 def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """``rundir.write_atomic``, with a file that cannot be written as a one-line error."""
+    from nexsearch.rundir import write_atomic
+
     try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
+        write_atomic(path, write)
     except Exception as exc:  # OSError, or safetensors' own error for a file it cannot write
         from safetensors import SafetensorError
 
@@ -101,11 +101,6 @@ def _atomic_write(path: Path, write) -> None:
             raise
         reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
         raise UserError(f"cannot write {path} ({reason}): choose another --out") from None
-    finally:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
 
 
 def model_card(meta: dict[str, Any], weights: Path) -> str:

@@ -17,7 +17,8 @@ from nexsearch.analysis import load_run
 from nexsearch.cli import main
 from nexsearch.evaluate import RESULTS_FILE, load_summary, plot_evaluation, select_candidates
 from nexsearch.export import export_model
-from nexsearch.runners.status import find_smac_dir, load_runhistory, run_status
+from nexsearch.rundir import RunDir
+from nexsearch.runners.status import run_status
 
 # The first test's fixtures run a small search and two evaluate processes: 270 s on the shared 2-core machine
 # under a load of ~10, too close to the default 300 s.
@@ -124,7 +125,7 @@ def test_evaluate_top_2_seeds_2(evaluated):
     assert rows[0]["winner"] and not any(r["winner"] for r in rows[1:])
     assert ev["winner"]["source"] == rows[0]["source"]
     # the search's cost, beside the evaluated error, for the trial candidates
-    _, configs, _ = load_runhistory(find_smac_dir(run))
+    _, configs, _ = RunDir(run).runhistory()
     assert all(r["search_cost"] is not None for r in rows if r["trial"])
     assert ev["spearman_n"] == sum(r["search_cost"] is not None for r in rows)
     assert ev["search_pick"]["trial"] == run_status(run)["incumbent"]["trial"]
@@ -217,7 +218,7 @@ def test_bad_input_is_one_line_and_changes_nothing(evaluated, digits_run, tmp_pa
     # a run without a successful trial
     failed = tmp_path / "failed"
     shutil.copytree(digits_run, failed)
-    rh_path = find_smac_dir(failed) / "runhistory.json"
+    rh_path = RunDir(failed).find_smac_dir() / "runhistory.json"
     rh = json.loads(rh_path.read_text())
     for row in rh["data"]:
         row["status"] = 2

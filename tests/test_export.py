@@ -42,9 +42,9 @@ def test_export_incumbent_of_a_run_roundtrips(small_run, tmp_path):
 
 
 def test_export_trial_and_preset_via_cli(small_run, tmp_path, capsys):
-    from nexsearch.runners.status import find_smac_dir, load_runhistory
+    from nexsearch.rundir import RunDir
 
-    trials, configs, _ = load_runhistory(find_smac_dir(small_run))
+    trials, configs, _ = RunDir(small_run).runhistory()
     ok = [t for t in trials if t["status_name"] == "success"]
     last = ok[-1]
     assert main(["export", str(small_run), "--trial", str(last["trial"]), "--size", "t",

@@ -8,6 +8,7 @@ import yaml
 from nexsearch.errors import UserError
 from nexsearch.objectives import full_size, target
 from nexsearch.runners.experiment import experiment_from_dict
+from nexsearch.rundir import RunDir
 from nexsearch.search_space.builder import build_model, count_macs, count_params
 from nexsearch.search_space.presets import preset
 from nexsearch.search_space.space import build_space, to_dict
@@ -30,7 +31,7 @@ def test_full_params_and_macs_equal_the_materialised_model():
 
 def test_full_latency_is_measured_once_per_configuration_and_device(tmp_path, monkeypatch):
     monkeypatch.setitem(full_size.PROTOCOL, "cpu", (1, 1, 0))  # one timed full-size forward pass, no warm-up
-    log, cache = tmp_path / "trials.jsonl", tmp_path / full_size.CACHE_FILE
+    log, cache = RunDir(tmp_path).trials, RunDir(tmp_path).latency_cache
     target.configure(target.ObjectiveSpec(
         dataset="synthetic", image_size=16, train_subset=64, train=TINY, trials_path=str(log),
         objectives=("error", "full_latency"), full_layout="tp", latency_cache=str(cache),
@@ -104,7 +105,7 @@ def test_parego_on_digits_against_full_latency(tmp_path, monkeypatch):
                if r["status"] == "ok"}
     for p in front:  # SMAC's second objective is the measured full-size latency of that configuration
         assert p["costs"]["full_latency"] == records[json.dumps(p["config"], sort_keys=True)]["full_latency_ms"]
-    cache = [json.loads(x) for x in (run_dir / full_size.CACHE_FILE).read_text().splitlines()]
+    cache = [json.loads(x) for x in RunDir(run_dir).latency_cache.read_text().splitlines()]
     assert len({json.dumps(c["config"], sort_keys=True) for c in cache}) == len(cache) >= len(records)
     run = load_run(run_dir)
     pareto = run.pareto_front(["error", "full_latency"])

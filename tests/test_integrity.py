@@ -17,7 +17,8 @@ from nexsearch.errors import UserError
 from nexsearch.objectives import target
 from nexsearch.runners.experiment import experiment_from_dict
 from nexsearch.runners.search import run_search
-from nexsearch.runners.status import BACKUP_DIR, backup_smac_state, repair_smac_state, run_status
+from nexsearch.rundir import BACKUP_DIR, RunDir, backup_smac_state, repair_smac_state
+from nexsearch.runners.status import run_status
 from nexsearch.search_space.space import SPACE
 
 TINY = {"name": "integrity", "dataset": "synthetic", "image_size": 16, "train_subset": 64, "download": False,
@@ -152,12 +153,12 @@ def test_trial_stopped_by_the_deadline_is_cut(tmp_path, monkeypatch):
 
     from smac.runner import TargetFunctionRunner
 
-    from nexsearch.runners.search import _SerialRunner
+    from nexsearch.runners.facade import SerialRunnerMixin as _SerialRunner
 
     exp = tiny(tmp_path)
     target.configure(exp.objective_spec(None))
     target.loaded()  # the data first; then a deadline that ends during the trial
-    target.configure(exp.objective_spec(tmp_path / "trials.jsonl", deadline=time.time() + 1.0))
+    target.configure(exp.objective_spec(RunDir(tmp_path), deadline=time.time() + 1.0))
 
     class Runner(_SerialRunner, TargetFunctionRunner):
         pass
@@ -356,7 +357,7 @@ def test_torn_last_line_is_cut_away_on_resume(tmp_path, fake_trials, monkeypatch
 # 7. Budget lost per kill ------------------------------------------------------------------------------------------
 
 def test_budget_counts_from_process_start_and_heartbeat_lags_under_2s(tmp_path, fake_trials):
-    from nexsearch.runners.search import HEARTBEAT_S, _RunState
+    from nexsearch.rundir import HEARTBEAT_S, RunDir
 
     assert HEARTBEAT_S <= 1.0
     out = tmp_path / "run"
@@ -369,12 +370,46 @@ def test_budget_counts_from_process_start_and_heartbeat_lags_under_2s(tmp_path, 
     state = json.loads((out / "nexsearch.json").read_text())
     assert state["used_s"] >= used + 5.0 + (state["sessions"][-1]["ended_at"] - t0) - 0.5
     # while a run is alive, its state file lags the truth by at most a heartbeat: what a kill -9 loses
-    rs = _RunState(out, 100.0, 0.0, exp, started_at=time.time())
+    rs = RunDir(out).heartbeat(100.0, 0.0, started_at=time.time())
     rs.start()
     time.sleep(2.6)
     lag = rs.used() - json.loads((out / "nexsearch.json").read_text())["used_s"]
     rs.stop("stopped")
     assert 0 <= lag < 1.5
+
+
+def test_resumed_run_beats_before_torch_timm_and_smac_are_imported(tmp_path, fake_trials):
+    """A kill while ``nexsearch run`` starts up loses at most a heartbeat: the resumed session's first heartbeat is
+    written before torch, timm or SMAC is imported (they take seconds), and it counts from the process start."""
+    import subprocess
+
+    out = tmp_path / "run"
+    run_search(tiny(out), 2.0, console=quiet())
+    before = json.loads((out / "nexsearch.json").read_text())
+    config = tmp_path / "exp.yaml"
+    config.write_text(yaml.safe_dump(TINY))
+    # the first beat of the resumed session, then an exit as sudden as a kill -9
+    code = (
+        "import os, sys\n"
+        "from nexsearch import rundir\n"
+        "start = rundir.Heartbeat.start\n"
+        "def first_beat(self):\n"
+        "    start(self)\n"
+        "    print('heavy:', ','.join(m for m in ('torch', 'timm', 'smac') if m in sys.modules), flush=True)\n"
+        "    os._exit(0)\n"
+        "rundir.Heartbeat.start = first_beat\n"
+        "from nexsearch.cli import main\n"
+        f"main(['run', '--config', {str(config)!r}, '--budget', '1h', '--out', {str(out)!r}])\n"
+    )
+    launched = time.time()
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "heavy:", proc.stdout  # nothing heavy was imported before the first beat
+    after = json.loads((out / "nexsearch.json").read_text())
+    session = after["sessions"][-1]
+    assert len(after["sessions"]) == len(before["sessions"]) + 1
+    assert launched - 1.0 <= session["started_at"] <= launched + 0.5  # counted from the process start
+    assert after["used_s"] >= before["used_s"] + (session["ended_at"] - session["started_at"]) - 0.01
 
 
 def test_smac_prompt_on_a_changed_scenario_is_an_error_and_the_patch_is_scoped(tmp_path):
@@ -385,7 +420,7 @@ def test_smac_prompt_on_a_changed_scenario_is_an_error_and_the_patch_is_scoped(t
 
     from nexsearch.bench.smac import fake_target
     from nexsearch.runners.experiment import Experiment
-    from nexsearch.runners.search import _build_smac
+    from nexsearch.runners.facade import build_smac as _build_smac
 
     def build(crash_cost):
         exp = Experiment(name="prompt", dataset="synthetic", max_trials=2, initial_design=1, crash_cost=crash_cost)

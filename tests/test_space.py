@@ -165,7 +165,7 @@ def test_deepcave_importance_with_both_mixers(tmp_path):
     from nexsearch.analysis.run import load_run
     from nexsearch.bench.smac import fake_target
     from nexsearch.runners.experiment import Experiment
-    from nexsearch.runners.search import _build_smac
+    from nexsearch.runners.facade import build_smac as _build_smac
 
     exp = Experiment(name="mixers", dataset="synthetic", max_trials=12, initial_design=10, min_epochs=1, max_epochs=1)
     smac = _build_smac(exp, tmp_path, lambda scenario, required: TargetFunctionRunner(

@@ -17,7 +17,7 @@ import pandas as pd
 import yaml
 
 from nexsearch.errors import UserError
-from nexsearch.runners.status import find_smac_dir, load_runhistory, read_json_retry
+from nexsearch.rundir import RunDir, load_runhistory, read_json_retry
 from nexsearch.search_space.space import SPACE
 
 RECORD_COLUMNS = ("train_time_s", "params", "macs", "throughput", "latency_ms", "peak_memory_mb", "epochs_run",
@@ -31,26 +31,13 @@ def _key(config: dict[str, Any], seed: Any, budget: Any) -> str:
     return json.dumps([config, int(seed) if seed is not None else None, b], sort_keys=True)
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line being written right now
-    return records
-
-
 class Run:
     """One nexsearch run directory (or a bare SMAC output directory)."""
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
-        if not self.path.is_dir():
-            raise UserError(f"{self.path} does not exist or is not a directory: pass a run directory")
-        self.smac_dir = find_smac_dir(self.path)
+        rd = RunDir(path).require_dir()
+        self.path = rd.path
+        self.smac_dir = rd.find_smac_dir()
         rh, self._configs, self.objectives = load_runhistory(self.smac_dir)
         # RUNNING entries are no results: in flight, or interrupted (a kill, the budget's end) and evaluated
         # again when the run resumes. They are counted apart, as ``nexsearch status`` does.
@@ -58,11 +45,9 @@ class Run:
         self.unfinished = len(rh) - len(self._rh)
         if self.objectives == ["cost"]:
             self.objectives = ["error"]
-        self.records = _read_jsonl(self.path / "trials.jsonl")
-        exp_path = self.path / "experiment.yaml"
-        self.experiment: dict[str, Any] = yaml.safe_load(exp_path.read_text()) if exp_path.exists() else {}
-        state_path = self.path / "nexsearch.json"
-        self.state: dict[str, Any] = read_json_retry(state_path) if state_path.exists() else {}
+        self.records = rd.read_trials()  # a line being written right now is left out
+        self.experiment: dict[str, Any] = yaml.safe_load(rd.experiment_text()) if rd.is_run() else {}
+        self.state: dict[str, Any] = read_json_retry(rd.state) if rd.state.exists() else {}
         self.name = self.experiment.get("name") or self.path.name
 
     def __repr__(self) -> str:

@@ -48,7 +48,7 @@ def bench_smac(n_trials: int = 1000, trial_s: float = 10.0, optimizer: str = "bo
 
     from smac.runner import TargetFunctionRunner
 
-    from nexsearch.runners.search import _build_smac
+    from nexsearch.runners.facade import build_smac
 
     logging.getLogger("smac").setLevel(logging.ERROR)
     exp = Experiment(name="bench-smac", dataset="synthetic", optimizer=optimizer, max_trials=n_trials,
@@ -58,7 +58,7 @@ def bench_smac(n_trials: int = 1000, trial_s: float = 10.0, optimizer: str = "bo
         def factory(scenario, required):
             return TargetFunctionRunner(scenario, fake_target, required_arguments=["seed"])
 
-        smac = _build_smac(exp, Path(tmp), factory, [clock], selector=selector)
+        smac = build_smac(exp, Path(tmp), factory, [clock], selector=selector)
         start = time.perf_counter()
         smac.optimize()
         total = time.perf_counter() - start

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from nexsearch.errors import UserError
+from nexsearch.objectives.settings import DATASETS
 
-DATASETS = ("cifar100", "digits", "synthetic", "folder")
 CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 
 

@@ -27,17 +27,11 @@ import torch
 
 from nexsearch.device import autocast, time_iterations
 from nexsearch.errors import UserError
+from nexsearch.objectives.settings import FULL_LAYOUTS, check_layout  # noqa: F401  (re-exported)
 from nexsearch.search_space.builder import LAYOUTS, build_model, count_macs, count_params
 
-FULL_LAYOUTS = ("t", "s", "tp")
-CACHE_FILE = "full_latency.jsonl"
 # (batch, timed repetitions, warm-up batches) per device type
 PROTOCOL = {"cuda": (64, 10, 3), "cpu": (1, 3, 1)}
-
-
-def check_layout(layout: str) -> None:
-    if layout not in FULL_LAYOUTS:
-        raise UserError(f"unknown full_layout '{layout}': choose one of {', '.join(FULL_LAYOUTS)}")
 
 
 _COSTS: dict[str, dict[str, int]] = {}  # this process's full-size costs by configuration and layout

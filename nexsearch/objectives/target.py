@@ -19,66 +19,16 @@ result: it is logged with status ``cut`` and raised as ``TrialCut``, which the r
 
 from __future__ import annotations
 
-import fcntl
-import json
 import os
 import socket
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Mapping
 
 from nexsearch.objectives.datasets import Splits, load_dataset
 from nexsearch.objectives.full_size import full_size_record
-from nexsearch.objectives.trainer import TrainSettings, resolve_device, train_proxy
-
-# Objective name -> key of the trainer's record. The first objective is always the error.
-OBJECTIVES = {"error": "cost", "latency": "latency_ms", "params": "params", "macs": "macs",
-              "full_latency": "full_latency_ms", "full_params": "full_params", "full_macs": "full_macs"}
-
-
-@dataclass
-class ObjectiveSpec:
-    """What a trial evaluates: the data, the training recipe, the objectives, where to log."""
-
-    dataset: str = "cifar100"
-    data_dir: str | None = None
-    download: bool = False
-    val_fraction: float = 0.1
-    data_seed: int = 0
-    image_size: int | None = None
-    train_subset: int | None = None  # use only this many training images
-    synthetic_size: int = 2048  # dataset "synthetic": images before the test and validation splits
-    synthetic_classes: int = 10
-    test_fraction: float = 0.1  # folder datasets without test_dir: the seeded share held out for testing
-    test_dir: str | None = None  # folder datasets: an ImageFolder tree of test images
-    train: dict[str, Any] = field(default_factory=dict)  # TrainSettings fields
-    objectives: tuple[str, ...] = ("error",)
-    trials_path: str | None = None  # JSON lines, one per finished trial
-    deadline: float | None = None  # epoch seconds: trials stop (status timeout) when the search's budget ends
-    full_layout: str = "tp"  # full-size layout of full_params / full_macs / full_latency (objectives/full_size.py)
-    latency_cache: str | None = None  # JSON lines: full-size latency per configuration, layout and device
-
-    def __post_init__(self) -> None:
-        self.objectives = tuple(self.objectives)
-        bad = [o for o in self.objectives if o not in OBJECTIVES]
-        if bad or not self.objectives or self.objectives[0] != "error":
-            from nexsearch.errors import UserError
-
-            raise UserError(
-                f"objectives must start with 'error' and be drawn from {', '.join(OBJECTIVES)}; got {list(self.objectives)}"
-            )
-
-    @property
-    def settings(self) -> TrainSettings:
-        return TrainSettings.from_dict(self.train)
-
-    @property
-    def data_key(self) -> tuple:
-        return (self.dataset, self.data_dir, self.val_fraction, self.data_seed, self.image_size, self.train_subset,
-                self.synthetic_size, self.synthetic_classes, self.train.get("device", "auto"),
-                self.test_fraction, self.test_dir)
-
+from nexsearch.objectives.settings import OBJECTIVES, ObjectiveSpec  # noqa: F401  (re-exported)
+from nexsearch.objectives.trainer import resolve_device, train_proxy
+from nexsearch.rundir import append_jsonl  # noqa: F401  (re-exported)
 
 class TrialFailed(RuntimeError):
     """Raised to SMAC for a failed trial: SMAC records it as CRASHED with the finite crash cost."""
@@ -131,19 +81,6 @@ def load_splits(spec: ObjectiveSpec) -> Splits:
         test_fraction=spec.test_fraction, test_dir=spec.test_dir,
     )
     return splits.to(device)
-
-
-def append_jsonl(path: str | Path, record: Mapping[str, Any]) -> None:
-    """Append one JSON line under an exclusive lock (safe with several worker processes)."""
-    line = json.dumps(record, default=str) + "\n"
-    with open(path, "a", encoding="utf-8") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            fh.write(line)
-            fh.flush()
-            os.fsync(fh.fileno())
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def evaluate_trial(config: Any, seed: int = 0, budget: float | None = None) -> tuple[Any, dict[str, Any]]:

@@ -24,7 +24,7 @@ import gc
 import math
 import random
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import numpy as np
@@ -32,58 +32,14 @@ import torch
 import torch.nn.functional as F
 
 from nexsearch.device import (  # noqa: F401  (resolve_device: re-exported for callers of the trainer)
-    autocast, compile_mode, maybe_compile, peak_memory_mb, resolve_device, sync, time_total,
+    autocast, maybe_compile, peak_memory_mb, resolve_device, sync, time_total,
 )
 from nexsearch.errors import UserError
 from nexsearch.objectives.datasets import Splits, TensorData
+from nexsearch.objectives.settings import TrainSettings  # noqa: F401  (re-exported: the trainer's settings)
 from nexsearch.search_space.builder import build_model, count_params
 from nexsearch.search_space.space import to_dict, validate
 
-
-
-@dataclass
-class TrainSettings:
-    """Everything about proxy training except the architecture. Experiment files set these."""
-
-    epochs: int = 20  # when SMAC hands no budget
-    batch_size: int = 256
-    lr: float = 2e-3
-    weight_decay: float = 0.02
-    optimizer: str = "lamb"
-    warmup_frac: float = 0.05  # share of the trial's steps spent warming up
-    min_lr: float = 1e-6
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    label_smoothing: float = 0.0
-    drop_path: float = 0.05
-    width: float = 1.0  # proxy width multiplier
-    depth: int = 4  # proxy middle-flow blocks
-    crop_padding: int = 4  # random crop with this zero padding; 0 disables
-    hflip: bool = True
-    device: str = "auto"  # auto, cpu, cuda, cuda:N
-    channels_last: bool = True
-    amp: bool = True  # bf16 autocast on CUDA
-    compile: bool | str = False  # false, default, reduce-overhead, max-autotune: torch.compile's mode (~100 s per
-    # new architecture on CPU; reduce-overhead uses CUDA graphs on CUDA)
-    cudnn_benchmark: bool | str = "auto"  # auto: on (CUDA) for trials of SHORT_TRIAL_EPOCHS epochs or more
-    time_limit_s: float | None = None  # per trial, enforced between steps
-    eval_batch_size: int = 1024
-    throughput_batch: int = 256
-    throughput_iters: int = 5
-    crash_cost: float = 1.0  # cost of a failed trial (error rate of 100%)
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "TrainSettings":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise UserError(f"unknown training setting(s) {', '.join(unknown)}: known are {', '.join(sorted(known))}")
-        return cls(**dict(values))
-
-    def __post_init__(self) -> None:
-        compile_mode(self.compile)  # a bad mode name -> one-line error
-        if self.cudnn_benchmark not in ("auto", True, False):
-            raise UserError(f"cudnn_benchmark must be auto, true or false, got {self.cudnn_benchmark!r}")
 
 
 def budget_to_epochs(budget: float | None, default: int) -> int:

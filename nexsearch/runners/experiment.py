@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import sysconfig
 import types
 import typing
@@ -20,10 +21,9 @@ from typing import Any, Callable, Mapping
 import yaml
 
 from nexsearch.errors import UserError
-from nexsearch.objectives.datasets import DATASETS
-from nexsearch.objectives.full_size import CACHE_FILE as LATENCY_CACHE, check_layout
-from nexsearch.objectives.target import OBJECTIVES, ObjectiveSpec
-from nexsearch.objectives.trainer import TrainSettings
+from nexsearch.objectives.settings import DATASETS, ObjectiveSpec, TrainSettings, check_known, check_layout, \
+    check_objectives
+from nexsearch.rundir import RunDir
 
 OPTIMIZERS = ("bo", "hyperband", "random", "parego")
 DEFAULT_EXPERIMENT = "nexception_cifar100.yaml"
@@ -44,12 +44,7 @@ EXECUTION_FIELDS = ("workers", "workers_per_gpu", "scheduler", "device", "output
 
 
 def _device_name(value: str) -> bool:
-    import torch
-
-    try:
-        return value == "auto" or torch.device(value).type in ("cpu", "cuda", "mps")
-    except RuntimeError:
-        return False
+    return re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value) is not None
 
 
 def _at_least(low: float) -> tuple[Callable[[Any], bool], str]:
@@ -189,12 +184,7 @@ class Experiment:
         self.train = {k: checked[k] for k in self.train}
         if self.optimizer not in OPTIMIZERS:
             raise UserError(f"unknown optimizer '{self.optimizer}': choose one of {', '.join(OPTIMIZERS)}")
-        self.objectives = list(self.objectives)
-        bad = [o for o in self.objectives if o not in OBJECTIVES]
-        if bad or not self.objectives or self.objectives[0] != "error":
-            raise UserError(
-                f"objectives must start with 'error' and come from {', '.join(OBJECTIVES)}; got {self.objectives}"
-            )
+        self.objectives = list(check_objectives(self.objectives))
         if self.optimizer == "parego" and len(self.objectives) < 2:
             raise UserError("optimizer 'parego' needs a second objective: --objectives error,latency (or params, macs)")
         if not (1 <= self.min_epochs <= self.max_epochs):
@@ -209,14 +199,15 @@ class Experiment:
     def multi_objective(self) -> bool:
         return len(self.objectives) > 1
 
-    def objective_spec(self, trials_path: Path | None, deadline: float | None = None) -> ObjectiveSpec:
+    def objective_spec(self, run_dir: RunDir | None, deadline: float | None = None) -> ObjectiveSpec:
+        """What each trial evaluates; ``run_dir``: where trials log (None: nowhere, e.g. the pre-run check)."""
         train = dict(self.train, device=self.device, crash_cost=self.crash_cost, epochs=self.max_epochs)
         return ObjectiveSpec(
             dataset=self.dataset, data_dir=self.data_dir, download=self.download, val_fraction=self.val_fraction,
             data_seed=self.seed, image_size=self.image_size, train_subset=self.train_subset, train=train,
             test_fraction=self.test_fraction, test_dir=self.test_dir, objectives=tuple(self.objectives),
-            trials_path=str(trials_path) if trials_path else None, deadline=deadline, full_layout=self.full_layout,
-            latency_cache=str(Path(trials_path).parent / LATENCY_CACHE) if trials_path else None,
+            trials_path=str(run_dir.trials) if run_dir else None, deadline=deadline, full_layout=self.full_layout,
+            latency_cache=str(run_dir.latency_cache) if run_dir else None,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -272,10 +263,10 @@ def load_experiment(path: str | Path | None = None, overrides: Mapping[str, Any]
 
 
 def experiment_from_dict(data: Mapping[str, Any], overrides: Mapping[str, Any] | None = None, source: str = "experiment") -> Experiment:
-    known = {f.name for f in fields(Experiment)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise UserError(f"{source}: unknown setting(s) {', '.join(unknown)}; known are {', '.join(sorted(known))}")
+    try:
+        check_known(Experiment, data, "setting")
+    except UserError as exc:
+        raise UserError(f"{source}: {exc}") from None
     merged = dict(data)
     for key, value in (overrides or {}).items():
         if value is not None:
@@ -286,10 +277,10 @@ def experiment_from_dict(data: Mapping[str, Any], overrides: Mapping[str, Any] |
         raise UserError(f"{source}: {exc}") from None
 
 
-def save_experiment(exp: Experiment, path: Path) -> None:
-    path.write_text(yaml.safe_dump(exp.to_dict(), sort_keys=False))
+def save_experiment(exp: Experiment, run_dir: RunDir) -> None:
+    run_dir.write_experiment(yaml.safe_dump(exp.to_dict(), sort_keys=False))
 
 
-def read_saved_experiment(run_dir: Path) -> Experiment:
-    data = yaml.safe_load((run_dir / "experiment.yaml").read_text())
-    return experiment_from_dict(data, source=str(run_dir / "experiment.yaml"))
+def read_saved_experiment(run_dir: RunDir | Path) -> Experiment:
+    run_dir = RunDir(run_dir) if not isinstance(run_dir, RunDir) else run_dir
+    return experiment_from_dict(yaml.safe_load(run_dir.experiment_text()), source=str(run_dir.experiment))

@@ -1,0 +1,123 @@
+"""What a trial is told: the training recipe (``TrainSettings``), the objectives and the data
+(``ObjectiveSpec``), and the names they may take. Plain data without torch, so that an experiment
+file is read and checked at once (a search's heartbeat starts before torch is imported).
+
+Each check lives here once: unknown keys (:func:`check_known`), the objectives
+(:func:`check_objectives`), the full-size layout (:func:`check_layout`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
+
+from nexsearch.device import compile_mode
+from nexsearch.errors import UserError
+
+DATASETS = ("cifar100", "digits", "synthetic", "folder")
+FULL_LAYOUTS = ("t", "s", "tp")  # full-size layouts of full_params / full_macs / full_latency
+
+
+def check_known(cls: type, values: Mapping[str, Any], what: str) -> None:
+    """A one-line error for keys of ``values`` that are no field of the dataclass ``cls``."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise UserError(f"unknown {what}(s) {', '.join(unknown)}: known are {', '.join(sorted(known))}")
+
+
+def check_objectives(objectives: Any) -> tuple[str, ...]:
+    objectives = tuple(objectives)
+    bad = [o for o in objectives if o not in OBJECTIVES]
+    if bad or not objectives or objectives[0] != "error":
+        raise UserError(f"objectives must start with 'error' and come from {', '.join(OBJECTIVES)}; "
+                        f"got {list(objectives)}")
+    return objectives
+
+
+def check_layout(layout: str) -> None:
+    if layout not in FULL_LAYOUTS:
+        raise UserError(f"unknown full_layout '{layout}': choose one of {', '.join(FULL_LAYOUTS)}")
+
+
+@dataclass
+class TrainSettings:
+    """Everything about proxy training except the architecture. Experiment files set these."""
+
+    epochs: int = 20  # when SMAC hands no budget
+    batch_size: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 0.02
+    optimizer: str = "lamb"
+    warmup_frac: float = 0.05  # share of the trial's steps spent warming up
+    min_lr: float = 1e-6
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    label_smoothing: float = 0.0
+    drop_path: float = 0.05
+    width: float = 1.0  # proxy width multiplier
+    depth: int = 4  # proxy middle-flow blocks
+    crop_padding: int = 4  # random crop with this zero padding; 0 disables
+    hflip: bool = True
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    channels_last: bool = True
+    amp: bool = True  # bf16 autocast on CUDA
+    compile: bool | str = False  # false, default, reduce-overhead, max-autotune: torch.compile's mode (~100 s per
+    # new architecture on CPU; reduce-overhead uses CUDA graphs on CUDA)
+    cudnn_benchmark: bool | str = "auto"  # auto: on (CUDA) for trials of SHORT_TRIAL_EPOCHS epochs or more
+    time_limit_s: float | None = None  # per trial, enforced between steps
+    eval_batch_size: int = 1024
+    throughput_batch: int = 256
+    throughput_iters: int = 5
+    crash_cost: float = 1.0  # cost of a failed trial (error rate of 100%)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "TrainSettings":
+        check_known(cls, values, "training setting")
+        return cls(**dict(values))
+
+    def __post_init__(self) -> None:
+        compile_mode(self.compile)  # a bad mode name -> one-line error
+        if self.cudnn_benchmark not in ("auto", True, False):
+            raise UserError(f"cudnn_benchmark must be auto, true or false, got {self.cudnn_benchmark!r}")
+
+
+# Objective name -> key of the trainer's record. The first objective is always the error.
+OBJECTIVES = {"error": "cost", "latency": "latency_ms", "params": "params", "macs": "macs",
+              "full_latency": "full_latency_ms", "full_params": "full_params", "full_macs": "full_macs"}
+
+
+@dataclass
+class ObjectiveSpec:
+    """What a trial evaluates: the data, the training recipe, the objectives, where to log."""
+
+    dataset: str = "cifar100"
+    data_dir: str | None = None
+    download: bool = False
+    val_fraction: float = 0.1
+    data_seed: int = 0
+    image_size: int | None = None
+    train_subset: int | None = None  # use only this many training images
+    synthetic_size: int = 2048  # dataset "synthetic": images before the test and validation splits
+    synthetic_classes: int = 10
+    test_fraction: float = 0.1  # folder datasets without test_dir: the seeded share held out for testing
+    test_dir: str | None = None  # folder datasets: an ImageFolder tree of test images
+    train: dict[str, Any] = field(default_factory=dict)  # TrainSettings fields
+    objectives: tuple[str, ...] = ("error",)
+    trials_path: str | None = None  # JSON lines, one per finished trial
+    deadline: float | None = None  # epoch seconds: trials stop (status timeout) when the search's budget ends
+    full_layout: str = "tp"  # full-size layout of full_params / full_macs / full_latency (objectives/full_size.py)
+    latency_cache: str | None = None  # JSON lines: full-size latency per configuration, layout and device
+
+    def __post_init__(self) -> None:
+        self.objectives = check_objectives(self.objectives)
+
+    @property
+    def settings(self) -> TrainSettings:
+        return TrainSettings.from_dict(self.train)
+
+    @property
+    def data_key(self) -> tuple:
+        return (self.dataset, self.data_dir, self.val_fraction, self.data_seed, self.image_size, self.train_subset,
+                self.synthetic_size, self.synthetic_classes, self.train.get("device", "auto"),
+                self.test_fraction, self.test_dir)
