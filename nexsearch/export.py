@@ -38,11 +38,11 @@ RECIPE = {"t": (2e-3, 256), "tp": (2e-3, 256), "s": (1.4e-3, 128), "xception": (
 
 
 def _source_config(run_dir: str | Path | None, preset: str | None, trial: int | None,
-                   incumbent: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+                   incumbent: bool = False) -> tuple[Any, dict[str, Any]]:
     if (run_dir is None) == (preset is None):
         raise UserError("export needs either a run directory or --preset NAME (not both)")
     if preset is not None:
-        return preset_config(preset), {"preset": preset}
+        return validate(preset_config(preset)), {"preset": preset}
     from nexsearch.rundir import RunDir
     from nexsearch.runners.status import run_status
 
@@ -60,7 +60,7 @@ def _source_config(run_dir: str | Path | None, preset: str | None, trial: int | 
                       "val_error": winner["val_error_mean"], "chosen": chosen,
                       "evaluation": {k: winner[k] for k in ("epochs", "seeds", "seeds_done", "val_error_mean",
                                                             "test_error_mean")}}
-            return to_dict(validate(winner["config"])), source
+            return validate(winner["config"]), source
     else:
         chosen = "exporting the search's incumbent" if trial is None else f"exporting trial {trial}"
     if trial is None:
@@ -71,7 +71,7 @@ def _source_config(run_dir: str | Path | None, preset: str | None, trial: int | 
             inc = dict(info["pareto_front"][0], error=info["pareto_front"][0]["costs"][info["objectives"][0]])
         if inc is None:
             raise UserError(f"{run_dir} has no successful trial yet: nothing to export")
-        return to_dict(validate(inc["config"])), {"run_dir": str(run_dir.resolve()), "trial": inc["trial"],
+        return validate(inc["config"]), {"run_dir": str(run_dir.resolve()), "trial": inc["trial"],
                                                    "val_error": inc["error"], "chosen": chosen, "notes": notes}
     trials, configs, _ = rd.runhistory(notes=notes)
     match = [t for t in trials if t["trial"] == trial]
@@ -84,7 +84,7 @@ def _source_config(run_dir: str | Path | None, preset: str | None, trial: int | 
     if t["status_name"] != "success":
         raise UserError(f"trial {trial} of {run_dir} did not succeed ({t['status_name']}): pick a successful trial")
     cost = t["cost"][0] if isinstance(t["cost"], list) else t["cost"]
-    return to_dict(validate(configs[str(t["config_id"])])), {"run_dir": str(run_dir.resolve()), "trial": trial,
+    return validate(configs[str(t["config_id"])]), {"run_dir": str(run_dir.resolve()), "trial": trial,
                                                               "val_error": cost, "notes": notes}
 
 
@@ -177,7 +177,7 @@ def export_model(
     model = NexNet(config, size, num_classes=num_classes).eval()
     meta = {
         "format": FORMAT,
-        "config": config,
+        "config": to_dict(config),
         "size": size,
         "input_size": layout.input_size,
         "num_classes": num_classes,
@@ -217,7 +217,7 @@ def read_sidecar(path: str | Path) -> tuple[Path, dict[str, Any]]:
             raise UserError(f"model file {p} not found: export writes NAME.safetensors and NAME.json side by side")
     try:
         meta = json.loads(sidecar.read_text())
-        validate(meta["config"])
+        meta["config"] = validate(meta["config"])  # a Configuration from here on: checked once, on load
         meta["size"], meta["num_classes"]
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{sidecar} is not a nexsearch model sidecar ({type(exc).__name__}: {exc})") from None
@@ -230,7 +230,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> NexNet:
     from safetensors.torch import load_file
 
     weights, meta = read_sidecar(path)
-    model = NexNet(meta["config"], meta["size"], num_classes=meta["num_classes"])
+    model = NexNet(meta["config"], meta["size"], num_classes=meta["num_classes"])  # meta["config"]: validated
     try:
         state = load_file(str(weights), device=str(device))
     except (SafetensorError, OSError, ValueError) as exc:

@@ -78,6 +78,27 @@ def test_unknown_setting_in_experiment_file():
         experiment_from_dict({"train": {"learning_rate": 1}})
 
 
+def test_trial_settings_have_one_source():
+    """What a trial evaluates is declared once (TrialInputs) and flows into each trial's ObjectiveSpec as the
+    experiment says; the trial's epochs, crash cost and device come from the experiment only."""
+    from dataclasses import fields
+
+    from nexsearch.objectives.settings import ObjectiveSpec, TrialInputs
+    from nexsearch.runners.experiment import Experiment
+
+    shared = {f.name for f in fields(TrialInputs)}
+    assert shared <= {f.name for f in fields(Experiment)} and shared <= {f.name for f in fields(ObjectiveSpec)}
+    exp = experiment_from_dict({"dataset": "synthetic", "image_size": 16, "val_fraction": 0.2, "max_epochs": 7,
+                                "crash_cost": 0.9, "device": "cpu", "seed": 3, "objectives": "error,params",
+                                "train": {"lr": 0.01}})
+    spec = exp.objective_spec(None)
+    assert {k: getattr(spec, k) for k in shared - {"train"}} == {k: getattr(exp, k) for k in shared - {"train"}}
+    assert spec.train == {"lr": 0.01, "epochs": 7, "crash_cost": 0.9, "device": "cpu"} and spec.data_seed == 3
+    for key, owner in (("epochs", "max_epochs"), ("crash_cost", "crash_cost"), ("device", "device")):
+        with pytest.raises(UserError, match=f"'train.{key}' comes from the experiment's '{owner}'"):
+            experiment_from_dict({"train": {key: 1}})
+
+
 def test_short_search_writes_a_valid_run(tmp_path):
     cfg = write_experiment(tmp_path / "e.yaml")
     out_dir = tmp_path / "run"

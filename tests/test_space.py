@@ -176,3 +176,48 @@ def test_deepcave_importance_with_both_mixers(tmp_path):
     assert run.trials["kernel_size"].isna().any() and run.trials["band_kernel"].isna().any()
     imp = run.importance("fanova")
     assert {"mixer", "kernel_size", "band_kernel"} <= set(imp["hyperparameter"])
+
+
+def test_a_configuration_is_checked_once_where_it_enters(monkeypatch, tmp_path):
+    """validate() is the boundary: a mapping is checked and becomes a Configuration; a Configuration of the space
+    (SMAC's, or one validate() made) passes on unchecked, so a trial and an export each check their configuration
+    once, and a Configuration of another space is checked as a mapping."""
+    import torch
+
+    from nexsearch.export import export_model, load_model
+    from nexsearch.objectives.datasets import Splits, TensorData
+    from nexsearch.objectives.trainer import TrainSettings, train_proxy
+    from nexsearch.search_space import space as space_mod
+
+    nexception, xception = preset("nexception"), preset("xception")  # plain dicts (presets.py checked them)
+    checks = []
+    real = space_mod._check
+    monkeypatch.setattr(space_mod, "_check", lambda values, space=None: checks.append(dict(values)) or real(values,
+                                                                                                           space))
+    smac_config = build_space(seed=5).sample_configuration()
+    assert validate(smac_config) is smac_config and not checks  # SMAC's configuration: no second check
+    made = validate(nexception)
+    assert len(checks) == 1 and validate(made) is made and len(checks) == 1
+
+    g = torch.Generator().manual_seed(0)
+
+    def data(n):
+        return TensorData(torch.randint(0, 255, (n, 3, 16, 16), dtype=torch.uint8, generator=g),
+                          torch.randint(0, 4, (n,), generator=g))
+
+    splits = Splits(name="random", train=data(16), val=data(8), test=None, num_classes=4, mean=(0.5,) * 3,
+                    std=(0.25,) * 3)
+    checks.clear()
+    record = train_proxy(smac_config, splits, TrainSettings(epochs=1, batch_size=8, width=0.125, depth=1,
+                                                            throughput_batch=2, throughput_iters=1, device="cpu"))
+    assert record["status"] == "ok" and record["config"] == to_dict(smac_config) and checks == []
+    train_proxy(xception, splits, TrainSettings(epochs=1, batch_size=8, width=0.125, depth=1,
+                                                          throughput_batch=2, throughput_iters=1, device="cpu"))
+    assert len(checks) == 1  # a plain mapping from a library caller: checked once, by the trainer
+
+    out = tmp_path / "m.safetensors"
+    export_model(preset="nexception", size="t", out=out, num_classes=10)
+    checks.clear()
+    checks.clear()
+    load_model(out)
+    assert len(checks) == 1  # the sidecar's configuration, where it is read; the model is built from that

@@ -26,8 +26,8 @@ def check_known(cls: type, values: Mapping[str, Any], what: str) -> None:
         raise UserError(f"unknown {what}(s) {', '.join(unknown)}: known are {', '.join(sorted(known))}")
 
 
-def check_objectives(objectives: Any) -> tuple[str, ...]:
-    objectives = tuple(objectives)
+def check_objectives(objectives: Any) -> list[str]:
+    objectives = list(objectives)
     bad = [o for o in objectives if o not in OBJECTIVES]
     if bad or not objectives or objectives[0] != "error":
         raise UserError(f"objectives must start with 'error' and come from {', '.join(OBJECTIVES)}; "
@@ -88,25 +88,33 @@ OBJECTIVES = {"error": "cost", "latency": "latency_ms", "params": "params", "mac
 
 
 @dataclass
-class ObjectiveSpec:
-    """What a trial evaluates: the data, the training recipe, the objectives, where to log."""
+class TrialInputs:
+    """What every trial of an experiment evaluates, as the experiment file spells it: the data, the training
+    recipe, the objectives. Declared once: ``Experiment`` (the file) and ``ObjectiveSpec`` (what each trial
+    process is told) both are these fields plus their own."""
 
     dataset: str = "cifar100"
-    data_dir: str | None = None
-    download: bool = False
+    data_dir: str | None = "data"  # cifar100: the folder holding cifar-100-python; folder: the ImageFolder tree
+    download: bool = True  # cifar100: download into data_dir when missing
     val_fraction: float = 0.1
-    data_seed: int = 0
     image_size: int | None = None
-    train_subset: int | None = None  # use only this many training images
+    train_subset: int | None = None  # train proxies on this many (random) training images only
+    test_fraction: float = 0.1  # folder datasets without test_dir: seeded share held out for testing
+    test_dir: str | None = None  # folder datasets: an ImageFolder tree of test images (same classes)
+    objectives: list[str] = field(default_factory=lambda: ["error"])
+    train: dict[str, Any] = field(default_factory=dict)  # TrainSettings fields
+    full_layout: str = "tp"  # full-size layout of the full_params / full_macs / full_latency objectives
+
+
+@dataclass
+class ObjectiveSpec(TrialInputs):
+    """What a trial evaluates (the experiment's ``TrialInputs``), plus where it logs and when it must stop."""
+
+    data_seed: int = 0
     synthetic_size: int = 2048  # dataset "synthetic": images before the test and validation splits
     synthetic_classes: int = 10
-    test_fraction: float = 0.1  # folder datasets without test_dir: the seeded share held out for testing
-    test_dir: str | None = None  # folder datasets: an ImageFolder tree of test images
-    train: dict[str, Any] = field(default_factory=dict)  # TrainSettings fields
-    objectives: tuple[str, ...] = ("error",)
     trials_path: str | None = None  # JSON lines, one per finished trial
     deadline: float | None = None  # epoch seconds: trials stop (status timeout) when the search's budget ends
-    full_layout: str = "tp"  # full-size layout of full_params / full_macs / full_latency (objectives/full_size.py)
     latency_cache: str | None = None  # JSON lines: full-size latency per configuration, layout and device
 
     def __post_init__(self) -> None:

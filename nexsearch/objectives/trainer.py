@@ -233,8 +233,9 @@ def train_proxy(
         torch.cuda.reset_peak_memory_stats(device)
     model = optimizer = None
     try:
-        config = to_dict(validate(config))
-        status, reason, model, optimizer = _train(config, splits, settings, seed, device, run, start, test)
+        checked = validate(config)  # a Configuration (SMAC's, or from a mapping): checked once, here
+        config = to_dict(checked)
+        status, reason, model, optimizer = _train(checked, splits, settings, seed, device, run, start, test)
     except torch.OutOfMemoryError as exc:
         status, reason = "oom", f"out of memory: {str(exc).splitlines()[0] if str(exc) else 'OutOfMemoryError'}"
     except _Diverged as exc:

@@ -14,15 +14,15 @@ import re
 import sysconfig
 import types
 import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import yaml
 
 from nexsearch.errors import UserError
-from nexsearch.objectives.settings import DATASETS, ObjectiveSpec, TrainSettings, check_known, check_layout, \
-    check_objectives
+from nexsearch.objectives.settings import DATASETS, ObjectiveSpec, TrainSettings, TrialInputs, check_known, \
+    check_layout, check_objectives
 from nexsearch.rundir import RunDir
 
 OPTIMIZERS = ("bo", "hyperband", "random", "parego")
@@ -38,6 +38,9 @@ def _experiments_dir() -> Path:
 
 
 EXPERIMENTS_DIR = _experiments_dir()
+
+# Training settings a trial takes from the experiment (one source each): train.<key> <- <experiment field>.
+TRAIN_FROM_EXPERIMENT = {"epochs": "max_epochs", "crash_cost": "crash_cost", "device": "device"}
 
 # May differ between the original run and a resume.
 EXECUTION_FIELDS = ("workers", "workers_per_gpu", "scheduler", "device", "output_dir", "data_dir", "download")
@@ -78,9 +81,8 @@ FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "workers": _at_least(1),
     "workers_per_gpu": _at_least(1),
 }
-# The same for the ``train:`` block (TrainSettings fields).
+# The same for the ``train:`` block (TrainSettings fields; epochs, crash_cost and device come from the experiment).
 TRAIN_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "epochs": _at_least(1),
     "batch_size": _at_least(2),
     "lr": _POSITIVE,
     "weight_decay": _FINITE_NON_NEGATIVE,
@@ -93,12 +95,10 @@ TRAIN_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "width": _POSITIVE,
     "depth": _at_least(0),
     "crop_padding": _at_least(0),
-    "device": _DEVICE,
     "time_limit_s": _POSITIVE,
     "eval_batch_size": _at_least(1),
     "throughput_batch": _at_least(1),
     "throughput_iters": _at_least(1),
-    "crash_cost": _FINITE_NON_NEGATIVE,
 }
 _TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list",
                dict: "a mapping"}
@@ -142,21 +142,15 @@ def check_fields(obj: Any, rules: Mapping[str, tuple[Callable[[Any], bool], str]
 
 
 @dataclass
-class Experiment:
+class Experiment(TrialInputs):
+    """An experiment file: what each trial evaluates (``TrialInputs``: data, training recipe, objectives) and
+    how SMAC searches and where the run goes."""
+
     name: str = "nexception-cifar100"
-    dataset: str = "cifar100"
-    data_dir: str | None = "data"
-    download: bool = True
-    val_fraction: float = 0.1
-    image_size: int | None = None
-    train_subset: int | None = None  # train proxies on this many (random) training images only
-    test_fraction: float = 0.1  # folder datasets without test_dir: seeded share held out for testing
-    test_dir: str | None = None  # folder datasets: an ImageFolder tree of test images (same classes)
     device: str = "auto"
     seed: int = 0
     output_dir: str | None = None  # default: runs/<name>
     optimizer: str = "bo"
-    objectives: list[str] = field(default_factory=lambda: ["error"])
     min_epochs: int = 3  # hyperband's smallest budget
     max_epochs: int = 27  # every trial's epochs for bo / random / parego; hyperband's largest budget
     eta: int = 3  # hyperband
@@ -167,8 +161,6 @@ class Experiment:
     workers: int | str = 1  # parallel trials (Dask), or "auto": #GPUs x workers_per_gpu, else the CPU slots
     workers_per_gpu: int = 4  # trials sharing one GPU under workers: auto (H100: 4 give 3.3x the trials per GPU-day)
     scheduler: str | None = None  # address of an existing Dask scheduler
-    train: dict[str, Any] = field(default_factory=dict)  # TrainSettings fields
-    full_layout: str = "tp"  # full-size layout of the full_params / full_macs / full_latency objectives
 
     def __post_init__(self) -> None:
         if isinstance(self.objectives, str):
@@ -180,6 +172,10 @@ class Experiment:
         self.workers = resolve_workers(self.workers, self.workers_per_gpu, self.device)  # "auto" -> a count
         for key, value in check_fields(self, FIELD_RULES).items():
             setattr(self, key, value)
+        for key, owner in TRAIN_FROM_EXPERIMENT.items():
+            if key in self.train:
+                raise UserError(f"setting 'train.{key}' comes from the experiment's '{owner}': set {owner} instead "
+                                f"(and remove train.{key})")
         checked = check_fields(TrainSettings.from_dict(self.train), TRAIN_RULES, prefix="train.")  # unknown keys too
         self.train = {k: checked[k] for k in self.train}
         if self.optimizer not in OPTIMIZERS:
@@ -200,13 +196,14 @@ class Experiment:
         return len(self.objectives) > 1
 
     def objective_spec(self, run_dir: RunDir | None, deadline: float | None = None) -> ObjectiveSpec:
-        """What each trial evaluates; ``run_dir``: where trials log (None: nowhere, e.g. the pre-run check)."""
-        train = dict(self.train, device=self.device, crash_cost=self.crash_cost, epochs=self.max_epochs)
+        """What each trial evaluates; ``run_dir``: where trials log (None: nowhere, e.g. the pre-run check).
+        The training recipe takes the trial's device, epochs and crash cost from the experiment (their one
+        source: an experiment file may not set them under ``train``)."""
+        inputs = {f.name: getattr(self, f.name) for f in fields(TrialInputs)}
+        inputs["train"] = dict(self.train, device=self.device, crash_cost=self.crash_cost, epochs=self.max_epochs)
         return ObjectiveSpec(
-            dataset=self.dataset, data_dir=self.data_dir, download=self.download, val_fraction=self.val_fraction,
-            data_seed=self.seed, image_size=self.image_size, train_subset=self.train_subset, train=train,
-            test_fraction=self.test_fraction, test_dir=self.test_dir, objectives=tuple(self.objectives),
-            trials_path=str(run_dir.trials) if run_dir else None, deadline=deadline, full_layout=self.full_layout,
+            **inputs, data_seed=self.seed, deadline=deadline,
+            trials_path=str(run_dir.trials) if run_dir else None,
             latency_cache=str(run_dir.latency_cache) if run_dir else None,
         )
 

@@ -164,7 +164,9 @@ def to_dict(config: Configuration | Mapping[str, Any]) -> dict[str, Any]:
 
 
 def validate(values: Mapping[str, Any], space: ConfigurationSpace | None = None) -> Configuration:
-    """Check ``values`` against the space and return a ``Configuration``.
+    """Check ``values`` against the space and return a ``Configuration``: where a configuration enters
+    (the CLI, SMAC, an export, a loaded file). A ``Configuration`` of this space passes as it is, so
+    code that receives one (the trainer, the builder) does not check it again.
 
     Raises ``ValueError`` naming the offending hyperparameter for unknown names, values
     outside a domain, values given for inactive hyperparameters and missing active ones.
@@ -172,10 +174,20 @@ def validate(values: Mapping[str, Any], space: ConfigurationSpace | None = None)
     """
     from ConfigSpace import Configuration
 
+    space_ = __getattr__("SPACE") if space is None else space
+    if isinstance(values, Configuration):
+        if values.config_space == space_:
+            return values  # ConfigSpace checked it when it was made: a configuration is validated once
+        values = dict(values)
+    return _check(values, space)
+
+
+def _check(values: Any, space: ConfigurationSpace | None) -> Configuration:
+    """The check behind :func:`validate`, for a mapping: every name, value and condition."""
+    from ConfigSpace import Configuration
+
     dims = {d.name: d for d in dimensions_of(space)}
     space = __getattr__("SPACE") if space is None else space
-    if isinstance(values, Configuration):
-        values = dict(values)
     if not isinstance(values, Mapping):
         raise ValueError(f"a configuration must be a mapping of hyperparameter names to values, got {type(values).__name__}")
     values = {str(k): _plain(v) for k, v in values.items()}
