@@ -176,6 +176,27 @@ def test_folder_dataset_with_a_test_dir(tmp_path):
         load_dataset("folder", tmp_path / "train", image_size=8, test_dir=tmp_path / "test")
 
 
+def test_evaluate_scores_the_loaders_eval_batches(synthetic):
+    """evaluate() over DeviceLoader.eval_batches: every image once, in order, normalised with the training
+    split's statistics and not augmented -- the loss and error of the whole split in one forward pass."""
+    from nexsearch.objectives.trainer import DeviceLoader, evaluate
+
+    settings = TrainSettings(channels_last=False)  # augmentation on: eval batches must not use it
+    loader = DeviceLoader(synthetic.train, synthetic, settings, torch.Generator().manual_seed(0))
+    val = synthetic.val
+    mean = torch.tensor(synthetic.mean).view(1, -1, 1, 1)
+    std = torch.tensor(synthetic.std).view(1, -1, 1, 1)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(val.images[0].numel(), synthetic.num_classes))
+    with torch.no_grad():
+        logits = model((val.images.float() / 255 - mean) / std)
+    loss, error = evaluate(model, loader.eval_batches(val, 7), settings.precision)  # 7: a short last batch
+    assert len(val) % 7 != 0
+    assert loss == pytest.approx(torch.nn.functional.cross_entropy(logits, val.labels).item(), rel=1e-5)
+    assert error == pytest.approx((logits.argmax(1) != val.labels).float().mean().item())
+    assert 0 < error < 1 and model.training
+
+
 def test_target_function_success_and_failure(tmp_path):
     log = tmp_path / "trials.jsonl"
     target.configure(target.ObjectiveSpec(
