@@ -197,6 +197,26 @@ def test_evaluate_scores_the_loaders_eval_batches(synthetic):
     assert 0 < error < 1 and model.training
 
 
+def test_a_search_keeps_the_test_split_on_the_cpu(monkeypatch):
+    """A search process's data (target.loaded) has training and validation on the training device and the
+    test split, which no trial reads, on the CPU; an evaluation's (load_splits(test=True)) has all three there.
+    The meta device stands in for a GPU."""
+    from nexsearch.objectives.trainer import DeviceLoader
+
+    monkeypatch.setattr(target, "_PROCESS", {})
+    spec = target.configure(target.ObjectiveSpec(dataset="synthetic", synthetic_size=64, image_size=8,
+                                                 train={"device": "meta"}))
+    _, splits = target.loaded()
+    on = lambda data: {data.images.device.type, data.labels.device.type}  # noqa: E731
+    assert on(splits.train) == on(splits.val) == {"meta"}
+    assert on(splits.test) == {"cpu"}
+    assert on(target.load_splits(spec, test=True).test) == {"meta"}
+    # a test split left on the CPU is still evaluated on the training device, batch by batch
+    loader = DeviceLoader(splits.train, splits, spec.settings, torch.Generator())
+    x, y = next(loader.eval_batches(splits.test, 4))
+    assert (x.device.type, y.device.type, x.dtype, tuple(x.shape)) == ("meta", "meta", torch.float32, (4, 3, 8, 8))
+
+
 def test_target_function_success_and_failure(tmp_path):
     log = tmp_path / "trials.jsonl"
     target.configure(target.ObjectiveSpec(
