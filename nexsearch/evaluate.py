@@ -387,7 +387,7 @@ def train_one(config: dict[str, Any], seed: int, epochs: int) -> dict[str, Any]:
 
     spec = _WORKER["spec"]
     if "splits" not in _WORKER:
-        _WORKER["splits"] = load_splits(spec)
+        _WORKER["splits"] = load_splits(spec, test=True)
     started = time.time()
     record = train_proxy(config, _WORKER["splits"], spec.settings, seed=seed, budget=epochs, test=True)
     record.update(start_time=started, end_time=time.time(), host=socket.gethostname(), pid=os.getpid())

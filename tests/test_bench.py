@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -83,6 +84,31 @@ def test_trial_record_times_its_fixed_costs(tiny_splits):
     assert record["setup_s"] + record["train_time_s"] + record["eval_s"] <= record["wall_time_s"]
     assert [e["images"] for e in record["curve"]] == [128, 128]  # 4 steps of 32 in each epoch
     assert record["curve"][0]["train_s"] == pytest.approx(record["first_epoch_s"], abs=1e-3)
+
+
+def test_bench_train_times_the_steps_after_the_warm_up(monkeypatch):
+    """bench train's clock (device.time_total) covers the timed steps and the fetches between them: with a
+    fake clock, a fetch costs 1 s and a forward pass 100 s; 2 warm-up and 3 timed steps read 5 batches."""
+    import nexsearch.device
+    from nexsearch.bench.train import _time_steps
+
+    clock = [0.0]
+    monkeypatch.setattr(nexsearch.device.time, "perf_counter", lambda: clock[0])
+    fetched = []
+
+    def batches():
+        while True:
+            clock[0] += 1
+            fetched.append(len(fetched))
+            yield torch.randn(4, 3), torch.randint(0, 2, (4,))
+
+    class Model(torch.nn.Linear):
+        def forward(self, x):
+            clock[0] += 100
+            return super().forward(x)
+
+    seconds = _time_steps(Model(3, 2), batches(), steps=3, warmup=2, device=torch.device("cpu"), autocast=nullcontext)
+    assert seconds == 3 * 100 + 2 and len(fetched) == 5
 
 
 @pytest.mark.parametrize("mode", ["default", "reduce-overhead", "max-autotune"])

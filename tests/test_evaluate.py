@@ -265,3 +265,22 @@ def test_notebook_shows_the_evaluation(evaluated):
     winner = load_summary(evaluated[0])["evaluations"][0]["winner"]["source"]
     assert "val_error_mean" in html and winner in html
     assert any("image/png" in o.get("data", {}) for o in outputs)
+
+
+
+def test_an_evaluation_holds_the_test_split_on_the_training_device(monkeypatch):
+    """A search's workers leave the test split on the CPU (test_objectives.py); an evaluation process trains
+    with all three splits on its device. The meta device stands in for a GPU; the trainer is replaced by one
+    that reports where the splits are."""
+    import nexsearch.evaluate as evaluate
+    import nexsearch.objectives.trainer as trainer
+
+    def where(config, splits, settings, seed, budget, test):
+        return {"with_test": test, **{name: getattr(splits, name).labels.device.type for name in ("train", "val", "test")}}
+
+    monkeypatch.setattr(evaluate, "_WORKER", {})
+    monkeypatch.setattr(trainer, "train_proxy", where)
+    evaluate._configure(dict(dataset="synthetic", synthetic_size=64, image_size=8, train={"device": "meta"}))
+    record = evaluate.train_one({}, seed=0, epochs=1)
+    assert {k: record[k] for k in ("with_test", "train", "val", "test")} == {
+        "with_test": True, "train": "meta", "val": "meta", "test": "meta"}

@@ -176,6 +176,47 @@ def test_folder_dataset_with_a_test_dir(tmp_path):
         load_dataset("folder", tmp_path / "train", image_size=8, test_dir=tmp_path / "test")
 
 
+def test_evaluate_scores_the_loaders_eval_batches(synthetic):
+    """evaluate() over DeviceLoader.eval_batches: every image once, in order, normalised with the training
+    split's statistics and not augmented -- the loss and error of the whole split in one forward pass."""
+    from nexsearch.objectives.trainer import DeviceLoader, evaluate
+
+    settings = TrainSettings(channels_last=False)  # augmentation on: eval batches must not use it
+    loader = DeviceLoader(synthetic.train, synthetic, settings, torch.Generator().manual_seed(0))
+    val = synthetic.val
+    mean = torch.tensor(synthetic.mean).view(1, -1, 1, 1)
+    std = torch.tensor(synthetic.std).view(1, -1, 1, 1)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(val.images[0].numel(), synthetic.num_classes))
+    with torch.no_grad():
+        logits = model((val.images.float() / 255 - mean) / std)
+    loss, error = evaluate(model, loader.eval_batches(val, 7), settings.precision)  # 7: a short last batch
+    assert len(val) % 7 != 0
+    assert loss == pytest.approx(torch.nn.functional.cross_entropy(logits, val.labels).item(), rel=1e-5)
+    assert error == pytest.approx((logits.argmax(1) != val.labels).float().mean().item())
+    assert 0 < error < 1 and model.training
+
+
+def test_a_search_keeps_the_test_split_on_the_cpu(monkeypatch):
+    """A search process's data (target.loaded) has training and validation on the training device and the
+    test split, which no trial reads, on the CPU; an evaluation's (load_splits(test=True)) has all three there.
+    The meta device stands in for a GPU."""
+    from nexsearch.objectives.trainer import DeviceLoader
+
+    monkeypatch.setattr(target, "_PROCESS", {})
+    spec = target.configure(target.ObjectiveSpec(dataset="synthetic", synthetic_size=64, image_size=8,
+                                                 train={"device": "meta"}))
+    _, splits = target.loaded()
+    on = lambda data: {data.images.device.type, data.labels.device.type}  # noqa: E731
+    assert on(splits.train) == on(splits.val) == {"meta"}
+    assert on(splits.test) == {"cpu"}
+    assert on(target.load_splits(spec, test=True).test) == {"meta"}
+    # a test split left on the CPU is still evaluated on the training device, batch by batch
+    loader = DeviceLoader(splits.train, splits, spec.settings, torch.Generator())
+    x, y = next(loader.eval_batches(splits.test, 4))
+    assert (x.device.type, y.device.type, x.dtype, tuple(x.shape)) == ("meta", "meta", torch.float32, (4, 3, 8, 8))
+
+
 def test_target_function_success_and_failure(tmp_path):
     log = tmp_path / "trials.jsonl"
     target.configure(target.ObjectiveSpec(

@@ -16,13 +16,14 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import time
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from nexsearch.device import autocast, check_precision, device_name, maybe_compile, memory_format, resolve_device, sync
+from nexsearch.device import (
+    autocast, check_precision, device_name, maybe_compile, memory_format, resolve_device, time_total,
+)
 from nexsearch.errors import UserError
 from nexsearch.objectives.datasets import TensorData, load_dataset
 from nexsearch.objectives.trainer import DeviceLoader, TrainSettings
@@ -52,11 +53,14 @@ def _time_steps(model, batches, steps: int, warmup: int, device, autocast, scale
 
     optimizer = create_optimizer_v2(params if params is not None else model, opt="lamb", lr=1e-3, weight_decay=0.02)
     model.train()
-    start = None
-    for i, (x, y) in enumerate(itertools.islice(batches, warmup + steps)):
-        if i == warmup:
-            sync(device)
-            start = time.perf_counter()
+    # Each step trains on the batch fetched before it, then fetches the next: the first timed batch is
+    # fetched during the warm-up and the last step fetches nothing (islice ends), as the plain loop did.
+    batches = itertools.islice(batches, warmup + steps)
+    batch = next(batches)
+
+    def step():
+        nonlocal batch
+        x, y = batch
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast():
             loss = F.cross_entropy(model(x).float(), y)
@@ -68,8 +72,9 @@ def _time_steps(model, batches, steps: int, warmup: int, device, autocast, scale
         else:
             loss.backward()
             optimizer.step()
-    sync(device)
-    return time.perf_counter() - start
+        batch = next(batches, None)
+
+    return time_total(step, device, steps, warmup)
 
 
 def _cycle(make_iter):

@@ -57,11 +57,12 @@ class Splits:
     def image_size(self) -> int:
         return int(self.train.images.shape[-1])
 
-    def to(self, device: torch.device | str) -> "Splits":
-        return Splits(
-            self.name, self.train.to(device), self.val.to(device),
-            self.test.to(device) if self.test is not None else None, self.num_classes, self.mean, self.std,
-        )
+    def to(self, device: torch.device | str, test: bool = False) -> "Splits":
+        """Training and validation splits on ``device``; the test split too only with ``test=True``
+        (final evaluations: a search never reads it, so its workers leave it on the CPU)."""
+        moved_test = self.test.to(device) if test and self.test is not None else self.test
+        return Splits(self.name, self.train.to(device), self.val.to(device), moved_test, self.num_classes,
+                      self.mean, self.std)
 
 
 def _split(data: TensorData, fraction: float, seed: int) -> tuple[TensorData, TensorData]:

@@ -81,6 +81,11 @@ class TrainSettings:
         if self.cudnn_benchmark not in ("auto", True, False):
             raise UserError(f"cudnn_benchmark must be auto, true or false, got {self.cudnn_benchmark!r}")
 
+    @property
+    def precision(self) -> str:
+        """The autocast precision of training and evaluation (``device.autocast``: reduced on CUDA only)."""
+        return "bf16" if self.amp else "fp32"
+
 
 # Objective name -> key of the trainer's record. The first objective is always the error.
 OBJECTIVES = {"error": "cost", "latency": "latency_ms", "params": "params", "macs": "macs",

@@ -5,7 +5,8 @@ changed. So the function SMAC sees, ``target_function``, is one stable line; eve
 does lives in ``evaluate_trial``, which may change freely.
 
 Each process (the main one, or a Dask worker) is told what to evaluate once through
-``configure(spec)``; the dataset is then loaded once per process and kept on its device.
+``configure(spec)``; the dataset is then loaded once per process, its training and validation splits
+kept on the training device (the test split, which no trial reads, stays on the CPU).
 
 A trial that fails (out of memory, diverged, crashed, timed out) is written to the trial log
 with its reason and raised to SMAC as ``TrialFailed``, which SMAC records as CRASHED with the
@@ -62,7 +63,7 @@ def configure(spec: ObjectiveSpec | Mapping[str, Any]) -> ObjectiveSpec:
 
 
 def loaded() -> tuple[ObjectiveSpec, Splits]:
-    """This process's spec and its dataset, on the training device (loaded once)."""
+    """This process's spec and its dataset, training and validation on the training device (loaded once)."""
     if "spec" not in _PROCESS:
         raise RuntimeError("nexsearch.objectives.target.configure(...) was not called in this process")
     spec: ObjectiveSpec = _PROCESS["spec"]
@@ -71,8 +72,8 @@ def loaded() -> tuple[ObjectiveSpec, Splits]:
     return spec, _PROCESS["splits"]
 
 
-def load_splits(spec: ObjectiveSpec) -> Splits:
-    """The dataset of ``spec``, split and moved to its training device."""
+def load_splits(spec: ObjectiveSpec, test: bool = False) -> Splits:
+    """The dataset of ``spec``, split and moved to its training device (the test split only with ``test=True``)."""
     device = resolve_device(spec.settings.device)
     splits = load_dataset(
         spec.dataset, spec.data_dir, val_fraction=spec.val_fraction, seed=spec.data_seed,
@@ -80,7 +81,7 @@ def load_splits(spec: ObjectiveSpec) -> Splits:
         synthetic_size=spec.synthetic_size, synthetic_classes=spec.synthetic_classes,
         test_fraction=spec.test_fraction, test_dir=spec.test_dir,
     )
-    return splits.to(device)
+    return splits.to(device, test=test)
 
 
 def evaluate_trial(config: Any, seed: int = 0, budget: float | None = None) -> tuple[Any, dict[str, Any]]:

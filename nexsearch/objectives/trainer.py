@@ -25,7 +25,7 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -98,13 +98,14 @@ class _Diverged(RuntimeError):
 class DeviceLoader:
     """Batches of a uint8 image tensor on its own device, augmented batch-wise there (like airbench's loader).
 
-    ``epoch(batch_size)`` yields shuffled, cropped, flipped, normalised batches; ``normalize``
-    prepares evaluation batches without augmentation.
+    ``epoch(batch_size)`` yields shuffled, cropped, flipped, normalised training batches;
+    ``eval_batches(data, batch_size)`` yields the batches of an evaluation split (validation, test)
+    in order, normalised the same way without augmentation, on this loader's device.
     """
 
     def __init__(self, data: TensorData, splits: Splits, settings: TrainSettings, generator: torch.Generator):
         self.data, self.settings, self.g = data, settings, generator
-        device = data.images.device
+        self.device = device = data.images.device
         mean = torch.tensor(splits.mean, device=device).view(1, -1, 1, 1)
         std = torch.tensor(splits.std, device=device).view(1, -1, 1, 1)
         self.scale, self.shift = 1.0 / (255.0 * std), mean / std
@@ -138,30 +139,28 @@ class DeviceLoader:
             idx = perm[i * batch_size:(i + 1) * batch_size]
             yield self.augment(self.data.images[idx]), self.data.labels[idx]
 
-
-_GpuBatches = DeviceLoader  # the former private name
-
-
-def _autocast(device: torch.device, settings: TrainSettings):
-    return autocast(device, "bf16" if settings.amp else "fp32")
+    def eval_batches(self, data: TensorData, batch_size: int):
+        """(normalised images, labels) of ``data`` in order, moved here batch by batch where ``data`` is elsewhere."""
+        for i in range(0, len(data), batch_size):
+            images = data.images[i:i + batch_size].to(self.device, non_blocking=True)
+            yield self.normalize(images), data.labels[i:i + batch_size].to(self.device, non_blocking=True)
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, data: TensorData, batches: DeviceLoader, settings: TrainSettings) -> tuple[float, float]:
-    """(mean cross-entropy, top-1 error) on ``data``, without augmentation."""
+def evaluate(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+             precision: str = "bf16") -> tuple[float, float]:
+    """(mean cross-entropy, top-1 error) over ``batches`` of (model-ready images, labels), such as
+    ``DeviceLoader.eval_batches``; the forward pass runs under ``device.autocast(precision)``."""
     model.eval()
-    device = data.images.device
-    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    wrong = torch.zeros((), device=device, dtype=torch.int64)
-    for i in range(0, len(data), settings.eval_batch_size):
-        x = batches.normalize(data.images[i:i + settings.eval_batch_size])
-        y = data.labels[i:i + settings.eval_batch_size]
-        with _autocast(device, settings):
+    loss_sum, wrong, n = 0.0, 0, 0  # become tensors on the batches' device: no synchronisation per batch
+    for x, y in batches:
+        with autocast(x.device, precision):
             logits = model(x)
-        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").double()
-        wrong += (logits.argmax(1) != y).sum()
+        loss_sum = loss_sum + F.cross_entropy(logits.float(), y, reduction="sum").double()
+        wrong = wrong + (logits.argmax(1) != y).sum()
+        n += len(y)
     model.train()
-    n = max(1, len(data))
+    n = max(1, n)
     return float(loss_sum) / n, int(wrong) / n
 
 
@@ -177,7 +176,7 @@ def measure_throughput(model: torch.nn.Module, image_size: int, device: torch.de
     x = torch.randn(settings.throughput_batch, 3, image_size, image_size, device=device).contiguous(memory_format=fmt)
 
     def forward():
-        with _autocast(device, settings):
+        with autocast(device, settings.precision):
             model(x)
 
     elapsed = time_total(forward, device, iters, warmup=1)
@@ -313,7 +312,7 @@ def _train(config, splits, settings, seed, device, run, start, test=False):
         mixup = Mixup(mixup_alpha=settings.mixup, cutmix_alpha=settings.cutmix,
                       label_smoothing=settings.label_smoothing, num_classes=splits.num_classes)
         soft_target_loss = SoftTargetCrossEntropy()  # mixed targets: timm's soft-target cross-entropy
-    batches = DeviceLoader(splits.train, splits, settings, g)
+    loader = DeviceLoader(splits.train, splits, settings, g)
     step, status, reason = 0, "ok", ""
     model.train()
     sync(device)
@@ -322,10 +321,10 @@ def _train(config, splits, settings, seed, device, run, start, test=False):
         epoch_start = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
         n_steps = 0
-        for x, y in batches.epoch(batch_size):
+        for x, y in loader.epoch(batch_size):
             if mixup is not None:
                 x, target = mixup(x, y)
-            with _autocast(device, settings):
+            with autocast(device, settings.precision):
                 logits = net(x)
             if mixup is not None:
                 loss = soft_target_loss(logits.float(), target)
@@ -352,7 +351,8 @@ def _train(config, splits, settings, seed, device, run, start, test=False):
         if not math.isfinite(train_loss):
             raise _Diverged(f"non-finite training loss in epoch {epoch + 1}")
         eval_start = time.perf_counter()
-        run.val_loss, run.val_error = evaluate(net, splits.val, batches, settings)
+        run.val_loss, run.val_error = evaluate(net, loader.eval_batches(splits.val, settings.eval_batch_size),
+                                               settings.precision)
         run.eval_s += time.perf_counter() - eval_start
         if not math.isfinite(run.val_loss):
             raise _Diverged(f"non-finite validation loss after epoch {epoch + 1}")
@@ -371,7 +371,8 @@ def _train(config, splits, settings, seed, device, run, start, test=False):
     if test:
         if splits.test is None:
             raise UserError(f"dataset '{splits.name}' has no test split")
-        run.test_loss, run.test_error = evaluate(net, splits.test, batches, settings)
+        run.test_loss, run.test_error = evaluate(net, loader.eval_batches(splits.test, settings.eval_batch_size),
+                                                 settings.precision)
     short = run.epochs < SHORT_TRIAL_EPOCHS  # a short trial is a cheap estimate: half the timed batches
     iters = max(1, settings.throughput_iters // 2) if short else settings.throughput_iters
     run.throughput = measure_throughput(net, splits.image_size, device, settings, iters)
