@@ -91,7 +91,7 @@ def series(kills: int, budget: str, out: Path, workers: int, min_s: float, max_s
     rng = random.Random(seed)
     cmd = [sys.executable, "-m", "nexsearch.cli", "run", "--config", str(REPO / "experiments" / "digits_demo.yaml"),
            "--budget", budget, "--out", str(out), "--workers", str(workers), *(extra or [])]
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     rows, sessions_wall, load = [], 0.0, [os.getloadavg()[0]]
     for k in range(kills):
         before = _snapshot(out)
