@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from nexsearch.errors import UserError
-
-SMAC_STATUS = {0: "running", 1: "success", 2: "crashed", 3: "timeout", 4: "memoryout"}
+from nexsearch.results import error_of, incumbent, numbered_trials, pareto_front, status_name
 
 
 # SMAC 2.4.1 rewrites these in place (not atomically): a kill during a write leaves one truncated.
@@ -143,15 +142,15 @@ def load_runhistory(smac_dir: Path, notes: list[str] | None = None
     objectives = scenario.get("objectives", "cost")
     objectives = [objectives] if isinstance(objectives, str) else list(objectives)
     trials = []
-    for i, row in enumerate(rh.get("data", [])):
+    for number, row in numbered_trials(rh.get("data", [])):
         if isinstance(row, dict):
             trial = dict(row)
         else:  # older list layout
             keys = ["config_id", "instance", "seed", "budget", "cost", "time", "cpu_time", "status", "starttime",
                     "endtime", "additional_info"]
             trial = dict(zip(keys, row))
-        trial["trial"] = i + 1
-        trial["status_name"] = SMAC_STATUS.get(int(trial["status"]), str(trial["status"]))
+        trial["trial"] = number
+        trial["status_name"] = status_name(trial["status"])
         trials.append(trial)
     return trials, rh.get("configs", {}), objectives
 
@@ -164,16 +163,6 @@ def _union_seconds(intervals: list[tuple[float, float]]) -> float:
         total += b - max(a, end)
         end = b
     return total
-
-
-def _pareto(points: list[tuple[list[float], dict[str, Any]]]) -> list[dict[str, Any]]:
-    front = []
-    for costs, item in points:
-        dominated = any(all(o <= c for o, c in zip(other, costs)) and any(o < c for o, c in zip(other, costs))
-                        for other, _ in points)
-        if not dominated:
-            front.append(item)
-    return front
 
 
 def run_status(run_dir: str | Path) -> dict[str, Any]:
@@ -216,18 +205,13 @@ def run_status(run_dir: str | Path) -> dict[str, Any]:
         info["overhead_s"] = max(0.0, info["used_s"] - busy)
         info["overhead_frac"] = info["overhead_s"] / info["used_s"]
 
-    def error(t: dict[str, Any]) -> float:
-        return t["cost"][0] if isinstance(t["cost"], list) else t["cost"]
-
     if ok and len(objectives) == 1:
-        top = max((t["budget"] or 0) for t in ok)
-        best = min((t for t in ok if (t["budget"] or 0) == top), key=error)
-        info["incumbent"] = {"trial": best["trial"], "error": error(best), "budget": best["budget"],
+        best = incumbent(ok)
+        info["incumbent"] = {"trial": best["trial"], "error": error_of(best["cost"]), "budget": best["budget"],
                              "config": configs.get(str(best["config_id"]), {}), "config_id": best["config_id"]}
     elif ok:
-        pts = [(t["cost"], {"trial": t["trial"], "costs": dict(zip(objectives, t["cost"])),
-                            "config": configs.get(str(t["config_id"]), {})}) for t in ok]
-        info["pareto_front"] = sorted(_pareto(pts), key=lambda p: p["costs"][objectives[0]])
+        info["pareto_front"] = [{"trial": t["trial"], "costs": dict(zip(objectives, t["cost"])),
+                                 "config": configs.get(str(t["config_id"]), {})} for t in pareto_front(ok)]
     from nexsearch.evaluate import load_summary
 
     evaluation = load_summary(run_dir)  # `nexsearch evaluate`'s table, when there is one
