@@ -71,8 +71,8 @@ def config_key(config: dict[str, Any]) -> str:
 def select_candidates(run_dir: Path, top: int, presets: Sequence[str]) -> tuple[list[Candidate], set[int]]:
     """The run's ``top`` best distinct configurations at its highest budget plus the presets (deduplicated),
     and the seeds the search used. Reads one consistent snapshot of SMAC's runhistory."""
+    from nexsearch.results import at_top_budget, error_of, pareto_front
     from nexsearch.rundir import RunDir
-    from nexsearch.runners.status import _pareto
     from nexsearch.search_space.presets import preset
 
     preset_configs = {name: preset(name) for name in presets}  # unknown name -> one line
@@ -81,19 +81,15 @@ def select_candidates(run_dir: Path, top: int, presets: Sequence[str]) -> tuple[
     if not ok:
         raise UserError(f"{run_dir} has no successful trial yet: nothing to evaluate (let the search run longer)")
 
-    def error(t: dict[str, Any]) -> float:
-        return t["cost"][0] if isinstance(t["cost"], list) else t["cost"]
-
-    highest = max(t["budget"] or 0 for t in ok)
-    at_top = [t for t in ok if (t["budget"] or 0) == highest]
-    ranked = sorted(at_top, key=lambda t: (error(t), t["trial"]))
+    by_error = sorted(at_top_budget(ok), key=lambda t: (error_of(t["cost"]), t["trial"]))
+    ranked = by_error
     if len(objectives) > 1:  # multi-objective: the Pareto front, by error
-        front = {id(t) for t in _pareto([(t["cost"], t) for t in at_top])}
+        front = {id(t) for t in pareto_front(ok)}
         ranked = [t for t in ranked if id(t) in front]
     candidates: list[Candidate] = []
     search_cost: dict[str, float] = {}
-    for t in sorted(at_top, key=lambda t: (error(t), t["trial"])):
-        search_cost.setdefault(config_key(configs[str(t["config_id"])]), float(error(t)))
+    for t in by_error:
+        search_cost.setdefault(config_key(configs[str(t["config_id"])]), float(error_of(t["cost"])))
     for t in ranked:
         config = configs[str(t["config_id"])]
         key = config_key(config)

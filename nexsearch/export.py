@@ -43,6 +43,7 @@ def _source_config(run_dir: str | Path | None, preset: str | None, trial: int | 
         raise UserError("export needs either a run directory or --preset NAME (not both)")
     if preset is not None:
         return validate(preset_config(preset)), {"preset": preset}
+    from nexsearch.results import error_of
     from nexsearch.rundir import RunDir
     from nexsearch.runners.status import run_status
 
@@ -83,9 +84,8 @@ def _source_config(run_dir: str | Path | None, preset: str | None, trial: int | 
                         "resuming the run evaluates it again): pick a successful trial")
     if t["status_name"] != "success":
         raise UserError(f"trial {trial} of {run_dir} did not succeed ({t['status_name']}): pick a successful trial")
-    cost = t["cost"][0] if isinstance(t["cost"], list) else t["cost"]
     return validate(configs[str(t["config_id"])]), {"run_dir": str(run_dir.resolve()), "trial": trial,
-                                                              "val_error": cost, "notes": notes}
+                                                     "val_error": error_of(t["cost"]), "notes": notes}
 
 
 def _atomic_write(path: Path, write) -> None:

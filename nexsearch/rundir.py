@@ -38,11 +38,11 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from nexsearch.errors import UserError
+from nexsearch.results import numbered_trials, status_name
 
 SMAC_STATE_FILES = ("runhistory.json", "intensifier.json", "optimization.json")
 BACKUP_DIR = ".nexsearch-backup"
 HEARTBEAT_S = 1.0  # a kill -9 loses at most about this much of the budget's accounting
-SMAC_STATUS = {0: "running", 1: "success", 2: "crashed", 3: "timeout", 4: "memoryout"}
 
 
 # --- files in general: atomic writes, locked appends, tolerant reads -------------------------------------------
@@ -237,15 +237,15 @@ def load_runhistory(smac_dir: Path, notes: list[str] | None = None
     objectives = scenario.get("objectives", "cost")
     objectives = [objectives] if isinstance(objectives, str) else list(objectives)
     trials = []
-    for i, row in enumerate(rh.get("data", [])):
+    for number, row in numbered_trials(rh.get("data", [])):
         if isinstance(row, dict):
             trial = dict(row)
         else:  # older list layout
             keys = ["config_id", "instance", "seed", "budget", "cost", "time", "cpu_time", "status", "starttime",
                     "endtime", "additional_info"]
             trial = dict(zip(keys, row))
-        trial["trial"] = i + 1
-        trial["status_name"] = SMAC_STATUS.get(int(trial["status"]), str(trial["status"]))
+        trial["trial"] = number
+        trial["status_name"] = status_name(trial["status"])
         trials.append(trial)
     return trials, rh.get("configs", {}), objectives
 

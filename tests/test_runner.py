@@ -1,6 +1,7 @@
 import json
 import os
 import signal
+import re
 import subprocess
 import sys
 import time
@@ -196,6 +197,15 @@ def test_two_local_dask_workers(tmp_path):
     assert any(b[0] < a[1] for a, b in zip(spans, spans[1:])), "no two trials ran at the same time"
     pids = {json.loads(x)["pid"] for x in (out_dir / "trials.jsonl").read_text().splitlines() if '"pid"' in x}
     assert len(pids) == 2
+    # the live view numbers a trial as `nexsearch status`, the analysis and `export --trial` do (its place in
+    # SMAC's runhistory), not by the order in which the two workers' results came back
+    from nexsearch.results import error_of, status_name
+
+    live = re.findall(r"^trial (\d+): (\w+)(?: budget \S+)? error (\S+) ", out.stdout, re.M)
+    history = smac_trials(out_dir)
+    assert len(live) == len({n for n, _, _ in live}) >= 2
+    assert [(status_name(history[int(n) - 1]["status"]), f"{error_of(history[int(n) - 1]['cost']):.4f}")
+            for n, _, _ in live] == [(status, error) for _, status, error in live]
 
 
 def test_join_an_existing_dask_scheduler(tmp_path):
@@ -295,18 +305,18 @@ def test_progress_view_counts_once_when_smac_reenters_optimize():
     from types import SimpleNamespace
 
     from rich.console import Console
-    from smac.runhistory import StatusType
+    from smac.runhistory import StatusType, TrialKey
 
     from nexsearch.runners.progress import ProgressView
 
     values = [SimpleNamespace(status=StatusType.CRASHED, cost=1.0), SimpleNamespace(status=StatusType.SUCCESS, cost=0.3)]
-    smbo = SimpleNamespace(runhistory=dict(enumerate(values)))
+    smbo = SimpleNamespace(runhistory={TrialKey(config_id=i + 1): v for i, v in enumerate(values)})
     view = ProgressView(Console(file=io.StringIO(), force_terminal=True), 60.0, 0.0, running=lambda: 0,
                         should_stop=lambda: False, objectives=["error"])
     view.on_start(smbo)
     live = view.live
     view.on_start(smbo)  # the runner re-enters optimize() after FirstRunCrashedException
-    assert (view.finished, view.failed, view.best) == (1, 1, 0.3) and view.live is live is not None
+    assert (view.finished, view.failed, view._best()) == (1, 1, "0.3000 (trial 2)") and view.live is live is not None
     view.on_end(smbo)
     assert view.live is None
 

@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import EngFormatter  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from nexsearch.analysis.run import MAXIMISED  # noqa: E402
+from nexsearch.results import MAXIMISED  # noqa: E402
 
 if TYPE_CHECKING:
     from nexsearch.analysis.run import Run

@@ -17,13 +17,12 @@ import pandas as pd
 import yaml
 
 from nexsearch.errors import UserError
+from nexsearch.results import MAXIMISED, at_top_budget, cost_vector, incumbent, non_dominated
 from nexsearch.rundir import RunDir, load_runhistory, read_json_retry
 from nexsearch.search_space.space import SPACE
 
 RECORD_COLUMNS = ("train_time_s", "params", "macs", "throughput", "latency_ms", "peak_memory_mb", "epochs_run",
                   "val_loss", "full_params", "full_macs", "full_latency_ms")
-# Every objective and metric is minimised except these.
-MAXIMISED = frozenset({"throughput"})
 
 
 def _key(config: dict[str, Any], seed: Any, budget: Any) -> str:
@@ -66,7 +65,7 @@ class Run:
             config = self._configs.get(str(t["config_id"]), {})
             info = t.get("additional_info") or {}
             rec = by_key.get(_key(config, t.get("seed"), t.get("budget")), {})
-            costs = t["cost"] if isinstance(t["cost"], list) else [t["cost"]]
+            costs = cost_vector(t["cost"])
             row: dict[str, Any] = {"trial": t["trial"], "config_id": t["config_id"]}
             row.update({n: config.get(n, np.nan) for n in names})
             row.update(budget=t.get("budget") or np.nan, seed=t.get("seed"), status=t["status_name"],
@@ -110,8 +109,12 @@ class Run:
     def at_top_budget(self) -> pd.DataFrame:
         """Successful trials at the highest budget reached: the ones comparable with the incumbent."""
         ok = self._require_success()
-        top = self.top_budget
-        return ok if np.isnan(top) else ok[ok["budget"] == top]
+        return ok.iloc[[t["row"] for t in at_top_budget(self._as_trials(ok))]]
+
+    def _as_trials(self, rows: pd.DataFrame) -> list[dict[str, Any]]:
+        """Rows as the plain trials ``nexsearch.results`` takes (number, budget, SMAC's cost vector)."""
+        return [{"trial": int(t), "budget": b, "cost": list(c), "row": i}
+                for i, (t, b, *c) in enumerate(rows[["trial", "budget", *self.objectives]].itertuples(index=False))]
 
     def _require_success(self) -> pd.DataFrame:
         ok = self.successful
@@ -122,7 +125,8 @@ class Run:
     @property
     def incumbent(self) -> dict[str, Any]:
         """The best configuration at the highest budget reached, with its metrics."""
-        best = self.at_top_budget().sort_values([self.objectives[0], "trial"]).iloc[0]
+        ok = self._require_success()
+        best = ok.iloc[incumbent(self._as_trials(ok))["row"]]
         config = self._configs.get(str(best["config_id"]), {})  # as SMAC stored it (no NaN-widened dtypes)
         metrics = {k: best[k] for k in [*self.objectives, "budget", *RECORD_COLUMNS] if k in best}
         return {"trial": int(best["trial"]), "config": _plain(config), "metrics": _plain(metrics)}
@@ -172,10 +176,8 @@ class Run:
             if o not in ok or ok[o].isna().all():
                 raise UserError(f"objective '{o}' is not recorded for this run")
         ok = ok.dropna(subset=objs)
-        sign = np.array([-1.0 if o in MAXIMISED else 1.0 for o in objs])
-        values = ok[objs].to_numpy(dtype=float) * sign
-        keep = [not any(np.all(o <= v) and np.any(o < v) for o in values) for v in values]
-        return ok[keep].sort_values([objs[0], *objs[1:]])
+        keep = non_dominated(ok[objs].to_numpy(dtype=float).tolist(), [o in MAXIMISED for o in objs])
+        return ok.iloc[keep].sort_values([*objs, "trial"])
 
     @property
     def design_space(self) -> dict[str, Any]:

@@ -9,8 +9,9 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 from smac.callback import Callback
-from smac.runhistory import StatusType
+from smac.runhistory import StatusType, TrialKey
 
+from nexsearch.results import error_of, incumbent, numbered_trials, status_name, trial_number
 from nexsearch.runners.budget import format_duration
 
 
@@ -32,7 +33,7 @@ class ProgressView(Callback):
         self.should_stop = should_stop
         self.objectives = objectives
         self.finished = self.failed = 0
-        self.best: float | None = None
+        self.successful: list[dict[str, Any]] = []  # trial number, budget, cost: what the incumbent is chosen from
         self.live: Live | None = None
         self.idle = True  # serial runs: no trial in flight between a tell and the next ask
 
@@ -52,11 +53,10 @@ class ProgressView(Callback):
         # SMAC calls this again whenever the runner re-enters optimize() (after FirstRunCrashedException):
         # count from scratch and keep a single live display.
         self.finished = self.failed = 0
-        self.best = None
-        for value in smbo.runhistory.values():
-            if value.status == StatusType.RUNNING:
-                continue
-            self._count(value.status, value.cost)
+        self.successful = []
+        for number, (key, value) in numbered_trials(smbo.runhistory.items()):
+            if value.status != StatusType.RUNNING:
+                self._count(number, key.budget, value)
         if self.console.is_terminal and self.live is None:
             self.live = Live(self._table(), console=self.console, refresh_per_second=2, transient=False)
             self.live.start()
@@ -67,26 +67,28 @@ class ProgressView(Callback):
             self.live.stop()
             self.live = None
 
-    def _count(self, status: StatusType, cost: Any) -> None:
-        if status == StatusType.SUCCESS:
+    def _count(self, number: int, budget: float | None, value: Any) -> None:
+        if value.status == StatusType.SUCCESS:
             self.finished += 1
-            error = cost[0] if isinstance(cost, (list, tuple)) else cost
-            self.best = error if self.best is None else min(self.best, error)
+            self.successful.append({"trial": number, "budget": budget, "cost": value.cost})
         else:
             self.failed += 1
 
     def on_tell_end(self, smbo: Any, info: Any, value: Any) -> bool | None:
         self.idle = True
-        self._count(value.status, value.cost)
+        rh = smbo.runhistory
+        # the trial's number in `nexsearch status`, the analysis and `export --trial` (not the count of results)
+        number = trial_number(rh, TrialKey(config_id=rh.get_config_id(info.config), instance=info.instance,
+                                           seed=info.seed, budget=info.budget))
+        self._count(number, info.budget, value)
         if self.live is not None:
             self.live.update(self._table())
         else:
-            cost = value.cost[0] if isinstance(value.cost, (list, tuple)) else value.cost
-            status = StatusType(value.status).name.lower()
+            status = status_name(value.status)
             reason = value.additional_info.get("error", "") if status != "success" else ""
             budget = f" budget {info.budget:g}" if info.budget is not None else ""
             self.console.print(
-                f"trial {self.finished + self.failed}: {status}{budget} error {cost:.4f} "
+                f"trial {number}: {status}{budget} error {error_of(value.cost):.4f} "
                 f"({value.time:.1f}s) | best {self._best()} | used {format_duration(self.used())} "
                 f"of {format_duration(self.budget_s)}" + (f" | {reason}" if reason else ""),
                 highlight=False, soft_wrap=True,
@@ -94,7 +96,8 @@ class ProgressView(Callback):
         return False if self.should_stop() else None
 
     def _best(self) -> str:
-        return "-" if self.best is None else f"{self.best:.4f}"
+        best = incumbent(self.successful)
+        return "-" if best is None else f"{error_of(best['cost']):.4f} (trial {best['trial']})"
 
     def _table(self) -> Table:
         t = Table(title="nexsearch run", show_header=False)

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from nexsearch.results import error_of, incumbent, pareto_front
 from nexsearch.rundir import RunDir, load_runhistory
 
 
@@ -19,16 +20,6 @@ def _union_seconds(intervals: list[tuple[float, float]]) -> float:
         total += b - max(a, end)
         end = b
     return total
-
-
-def _pareto(points: list[tuple[list[float], dict[str, Any]]]) -> list[dict[str, Any]]:
-    front = []
-    for costs, item in points:
-        dominated = any(all(o <= c for o, c in zip(other, costs)) and any(o < c for o, c in zip(other, costs))
-                        for other, _ in points)
-        if not dominated:
-            front.append(item)
-    return front
 
 
 def run_status(run_dir: str | Path) -> dict[str, Any]:
@@ -66,18 +57,13 @@ def run_status(run_dir: str | Path) -> dict[str, Any]:
         info["overhead_s"] = max(0.0, info["used_s"] - busy)
         info["overhead_frac"] = info["overhead_s"] / info["used_s"]
 
-    def error(t: dict[str, Any]) -> float:
-        return t["cost"][0] if isinstance(t["cost"], list) else t["cost"]
-
     if ok and len(objectives) == 1:
-        top = max((t["budget"] or 0) for t in ok)
-        best = min((t for t in ok if (t["budget"] or 0) == top), key=error)
-        info["incumbent"] = {"trial": best["trial"], "error": error(best), "budget": best["budget"],
+        best = incumbent(ok)
+        info["incumbent"] = {"trial": best["trial"], "error": error_of(best["cost"]), "budget": best["budget"],
                              "config": configs.get(str(best["config_id"]), {}), "config_id": best["config_id"]}
     elif ok:
-        pts = [(t["cost"], {"trial": t["trial"], "costs": dict(zip(objectives, t["cost"])),
-                            "config": configs.get(str(t["config_id"]), {})}) for t in ok]
-        info["pareto_front"] = sorted(_pareto(pts), key=lambda p: p["costs"][objectives[0]])
+        info["pareto_front"] = [{"trial": t["trial"], "costs": dict(zip(objectives, t["cost"])),
+                                 "config": configs.get(str(t["config_id"]), {})} for t in pareto_front(ok)]
     from nexsearch.evaluate import load_summary
 
     evaluation = load_summary(run_dir)  # `nexsearch evaluate`'s table, when there is one

@@ -1,0 +1,98 @@
+"""The results of a run, each computed in one place: the trial number, the status name, the error in a
+cost, the incumbent and the Pareto front.
+
+``nexsearch status`` (plain dicts read from SMAC's runhistory), the analysis (pandas, through a thin
+adapter), the live view (SMAC's callback), the summary, export and evaluation all call these, so the
+same trial has the same number, and the same run the same incumbent, everywhere. Plain inputs only:
+this module imports neither torch, SMAC, numpy nor pandas (``nexsearch status`` must answer at once).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Hashable, Iterable, Iterator, Mapping, Sequence, TypeVar
+
+T = TypeVar("T")
+
+# SMAC's ``StatusType`` (smac/runhistory/enumerations.py) by value, lower-cased. Typed out because importing
+# SMAC costs seconds; tests/test_results.py checks it against SMAC's enum, member by member.
+STATUS_NAMES = {0: "running", 1: "success", 2: "crashed", 3: "timeout", 4: "memoryout"}
+
+# Every objective and metric is minimised except these.
+MAXIMISED = frozenset({"throughput"})
+
+
+def status_name(code: Any) -> str:
+    """SMAC's status code (an int or a ``StatusType``) as a name: ``success``, ``crashed``, ..."""
+    return STATUS_NAMES.get(int(code), str(code))
+
+
+def cost_vector(cost: Any) -> list[float]:
+    """SMAC's cost as a list: a float for one objective, a list (one value per objective) for several."""
+    return list(cost) if isinstance(cost, (list, tuple)) else [cost]
+
+
+def error_of(cost: Any) -> float:
+    """The error in SMAC's cost: the cost itself, or the first objective of a multi-objective cost."""
+    return cost_vector(cost)[0]
+
+
+def numbered_trials(trials: Iterable[T]) -> Iterator[tuple[int, T]]:
+    """The trials of a runhistory, in SMAC's order, each with its number: the trial number everywhere (live
+    view, ``nexsearch status``, analysis, ``export --trial N``, the summary). SMAC keeps a trial in the
+    order it was asked for (its result, when it comes, replaces the RUNNING entry in place), so with several
+    workers the numbers follow the starts, not the order in which results arrive."""
+    return enumerate(trials, start=1)
+
+
+def trial_number(keys: Iterable[Hashable], key: Hashable) -> int:
+    """The number :func:`numbered_trials` gives the trial ``key`` among a runhistory's ``keys`` in order
+    (a live SMAC ``RunHistory`` iterates over its ``TrialKey`` s in that order)."""
+    for number, k in numbered_trials(keys):
+        if k == key:
+            return number
+    raise KeyError(f"trial {key} is not in the runhistory")
+
+
+def _budget(trial: Mapping[str, Any]) -> float:
+    budget = trial.get("budget")
+    return 0.0 if budget is None or (isinstance(budget, float) and math.isnan(budget)) else float(budget)
+
+
+def at_top_budget(successful: Sequence[Mapping[str, Any]]) -> list[Any]:
+    """The successful trials at the highest budget reached (all of them in a run without budgets): the ones
+    the incumbent and the Pareto front are chosen from. A trial is a mapping with ``budget`` (None, NaN or
+    a number)."""
+    top = max((_budget(t) for t in successful), default=0.0)
+    return [t for t in successful if _budget(t) == top]
+
+
+def incumbent(successful: Sequence[Mapping[str, Any]]) -> Any | None:
+    """The incumbent: among the successful trials at the highest budget, the one with the lowest error (the
+    earliest trial on a tie); None without a successful trial. A trial is a mapping with ``trial`` (its
+    number), ``budget`` and ``cost`` (SMAC's: a float, or a list whose first element is the error)."""
+    return min(at_top_budget(successful), key=lambda t: (error_of(t["cost"]), t["trial"]), default=None)
+
+
+def non_dominated(points: Sequence[Sequence[float]], maximise: Sequence[bool] = ()) -> list[int]:
+    """Indices (ascending) of the points no other point dominates (at least as good in every coordinate,
+    better in one). Every coordinate is minimised except where ``maximise`` says True. Equal points do not
+    dominate each other: all of them stay."""
+    flip = list(maximise)
+    vectors = [[-float(v) if i < len(flip) and flip[i] else float(v) for i, v in enumerate(p)] for p in points]
+    front: list[int] = []
+    # A point can only be dominated by one before it in lexicographic order, and then by one on the front
+    # (domination is transitive): compare each point with the front found so far.
+    for i in sorted(range(len(vectors)), key=lambda i: vectors[i]):
+        v = vectors[i]
+        if not any(all(a <= b for a, b in zip(vectors[j], v)) and vectors[j] != v for j in front):
+            front.append(i)
+    return sorted(front)
+
+
+def pareto_front(successful: Sequence[Mapping[str, Any]]) -> list[Any]:
+    """The Pareto front of a multi-objective run: the successful trials at the highest budget that no other
+    dominates in SMAC's cost (every objective minimised, as SMAC does), by cost then trial number."""
+    top = at_top_budget(successful)
+    front = [top[i] for i in non_dominated([cost_vector(t["cost"]) for t in top])]
+    return sorted(front, key=lambda t: (cost_vector(t["cost"]), t["trial"]))
