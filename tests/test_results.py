@@ -98,7 +98,8 @@ def test_every_reader_numbers_a_trial_the_same_with_two_workers(tmp_path, capsys
     from nexsearch.errors import UserError
     from nexsearch.export import _source_config
     from nexsearch.runners.search import summarize
-    from nexsearch.runners.status import load_runhistory, print_status, run_status
+    from nexsearch.rundir import load_runhistory
+    from nexsearch.runners.status import print_status, run_status
 
     run_dir = tmp_path / "run"
     lines, configs = _two_workers(run_dir)
@@ -155,7 +156,8 @@ def test_multi_objective_front_is_the_same_for_status_analysis_and_evaluate(tmp_
 
 def test_status_and_analysis_agree_on_a_hyperband_run(hyperband_run):
     from nexsearch.analysis.run import load_run
-    from nexsearch.runners.status import load_runhistory, run_status
+    from nexsearch.rundir import load_runhistory
+    from nexsearch.runners.status import run_status
 
     run = load_run(hyperband_run)
     trials, _, _ = load_runhistory(run.smac_dir)
