@@ -64,15 +64,20 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _process_start() -> float:
-    """When this process started (epoch seconds): a resumed run's budget counts its start-up too."""
+    """When this ``nexsearch`` process started (epoch seconds): the run's budget counts its start-up too. Called
+    from elsewhere (a notebook or a test calling ``main``), the process is no fresh ``nexsearch run``: now."""
+    import os
     import time
 
+    now = time.time()
+    if os.path.basename(sys.argv[0]) not in ("nexsearch", "cli.py"):
+        return now
     try:
         import psutil
 
-        return min(psutil.Process().create_time(), time.time())
+        return min(psutil.Process().create_time(), now)
     except Exception:  # no psutil, or no /proc: count from now
-        return time.time()
+        return now
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:

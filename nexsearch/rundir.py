@@ -389,6 +389,11 @@ class RunDir:
         """Whether trials were recorded (a SMAC state lost now would lose results)."""
         return self.trials.exists() and self.trials.stat().st_size > 0
 
+    def has_smac_state(self) -> bool:
+        """Whether SMAC saved a state here (a search ran, even if no trial finished)."""
+        return any((self.path / self.SMAC).glob("*/runhistory.json")) or \
+            any((self.path / self.SMAC).glob(f"*/{BACKUP_DIR}/runhistory.json"))
+
     def find_smac_dir(self) -> Path:
         """SMAC's output folder of this run (or this folder itself, when it is a bare SMAC output directory)."""
         if (self.path / "runhistory.json").exists():
@@ -449,6 +454,17 @@ class RunDir:
         except OSError as exc:
             raise UserError(f"cannot create the run directory {self.path} ({exc.strerror or exc}): "
                             "choose another --out") from None
+
+    def remove_new(self, made: bool) -> None:
+        """Take back a new run that never started (its checks failed): the files this process wrote, and the
+        directory itself when this process ``made`` it."""
+        for path in (self.experiment, self.state, self.path / self.LOCK):
+            path.unlink(missing_ok=True)
+        if made:
+            try:
+                self.path.rmdir()
+            except OSError:  # something else appeared in it: leave it
+                pass
 
     def tidy(self) -> int:
         """Before a resume: remove temporary files of dead processes, and cut a torn last line of the trial log

@@ -14,6 +14,7 @@ from nexsearch.search_space.presets import preset
 from nexsearch.search_space.space import build_space, to_dict
 
 TINY = dict(width=0.125, batch_size=32, lr=0.005, throughput_batch=16, throughput_iters=1, epochs=1)
+TINY_EXP = {k: v for k, v in TINY.items() if k != "epochs"}  # an experiment's epochs: max_epochs
 
 
 def test_full_params_and_macs_equal_the_materialised_model():
@@ -65,7 +66,7 @@ def test_bad_full_size_input_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
     with pytest.raises(UserError, match="unknown full_layout 'xl': choose one of t, s, tp"):
         experiment_from_dict({"full_layout": "xl"})
     exp = {"name": "t", "dataset": "digits", "data_dir": None, "download": False, "min_epochs": 1, "max_epochs": 1,
-           "train": TINY}
+           "train": TINY_EXP}
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({**exp, "full_layout": "xl"}))
     good = tmp_path / "good.yaml"
@@ -90,7 +91,7 @@ def test_parego_on_digits_against_full_latency(tmp_path, monkeypatch):
         "name": "full-latency", "dataset": "digits", "data_dir": None, "download": False, "train_subset": 256,
         "optimizer": "parego", "objectives": ["error", "full_latency"], "full_layout": "tp",
         "min_epochs": 1, "max_epochs": 1, "initial_design": 3, "retrain_after": 2,
-        "train": {**TINY, "hflip": False},
+        "train": {**TINY_EXP, "hflip": False},
     }
     run_dir = tmp_path / "run"
     console = Console(record=True, width=200)

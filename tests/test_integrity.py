@@ -378,17 +378,21 @@ def test_budget_counts_from_process_start_and_heartbeat_lags_under_2s(tmp_path, 
     assert 0 <= lag < 1.5
 
 
-def test_resumed_run_beats_before_torch_timm_and_smac_are_imported(tmp_path, fake_trials):
-    """A kill while ``nexsearch run`` starts up loses at most a heartbeat: the resumed session's first heartbeat is
-    written before torch, timm or SMAC is imported (they take seconds), and it counts from the process start."""
+@pytest.mark.parametrize("resumed", [True, False], ids=["resumed", "new"])
+def test_run_beats_before_torch_timm_and_smac_are_imported(tmp_path, fake_trials, resumed):
+    """A kill while ``nexsearch run`` starts up loses at most a heartbeat: the session's first heartbeat -- of a
+    resumed run, and of a new one, whose directory is made before the checks -- is written before torch, timm or
+    SMAC is imported (they take seconds, CUDA's start-up more), and it counts from the process start. A new run
+    killed there resumes, and takes changed settings, since it has no trial yet."""
     import subprocess
 
     out = tmp_path / "run"
-    run_search(tiny(out), 2.0, console=quiet())
-    before = json.loads((out / "nexsearch.json").read_text())
+    if resumed:
+        run_search(tiny(out), 2.0, console=quiet())
+    before = json.loads((out / "nexsearch.json").read_text()) if resumed else {"sessions": [], "used_s": 0.0}
     config = tmp_path / "exp.yaml"
     config.write_text(yaml.safe_dump(TINY))
-    # the first beat of the resumed session, then an exit as sudden as a kill -9
+    # the first beat of the session, then an exit as sudden as a kill -9
     code = (
         "import os, sys\n"
         "from nexsearch import rundir\n"
@@ -410,6 +414,11 @@ def test_resumed_run_beats_before_torch_timm_and_smac_are_imported(tmp_path, fak
     assert len(after["sessions"]) == len(before["sessions"]) + 1
     assert launched - 1.0 <= session["started_at"] <= launched + 0.5  # counted from the process start
     assert after["used_s"] >= before["used_s"] + (session["ended_at"] - session["started_at"]) - 0.01
+    if not resumed:  # killed before its first trial: the run resumes with changed settings, its clock kept
+        run_search(tiny(out, max_epochs=2), after["used_s"] + 2.0, console=quiet())
+        state = json.loads((out / "nexsearch.json").read_text())
+        assert len(state["sessions"]) == 2 and state["used_s"] >= after["used_s"] + 1.5
+        assert yaml.safe_load((out / "experiment.yaml").read_text())["max_epochs"] == 2
 
 
 def test_smac_prompt_on_a_changed_scenario_is_an_error_and_the_patch_is_scoped(tmp_path):

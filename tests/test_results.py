@@ -126,7 +126,7 @@ def test_every_reader_numbers_a_trial_the_same_with_two_workers(tmp_path, capsys
 
     for number, error in ((1, 0.25), (2, 0.40)):  # export --trial N
         config, source = _source_config(run_dir, None, number)
-        assert (source["trial"], source["val_error"], config) == (number, error, configs[number - 1])
+        assert (source["trial"], source["val_error"], dict(config)) == (number, error, configs[number - 1])
     with pytest.raises(UserError, match=r"trial 3 of .* did not succeed \(crashed\)"):
         _source_config(run_dir, None, 3)
     with pytest.raises(UserError, match="trial 4 of .* has no result yet"):

@@ -103,7 +103,7 @@ def test_trial_settings_have_one_source():
 def test_short_search_writes_a_valid_run(tmp_path):
     cfg = write_experiment(tmp_path / "e.yaml")
     out_dir = tmp_path / "run"
-    out = run_cli("run", "--budget", "15s", "--config", str(cfg), "--out", str(out_dir))
+    out = run_cli("run", "--budget", "20s", "--config", str(cfg), "--out", str(out_dir))
     assert out.returncode == 0, out.stderr[-3000:]
     assert "incumbent" in out.stdout
     smac_dir = out_dir / "smac" / "0"
@@ -175,7 +175,7 @@ def test_kill_9_then_resume_keeps_finished_trials(tmp_path):
 def test_always_crashing_configuration_does_not_stop_the_run(tmp_path):
     cfg = write_experiment(tmp_path / "e.yaml", max_epochs=1, train={"lr": 1e30})
     out_dir = tmp_path / "run"
-    out = run_cli("run", "--budget", "8s", "--config", str(cfg), "--out", str(out_dir))
+    out = run_cli("run", "--budget", "13s", "--config", str(cfg), "--out", str(out_dir))
     assert out.returncode == 0, out.stderr[-3000:]
     trials = [t for t in smac_trials(out_dir) if t["status"] != 0]  # not the one cut by the budget's end
     assert len(trials) >= 3 and all(t["status"] == 2 for t in trials)  # CRASHED, first trial included
@@ -189,7 +189,7 @@ def test_always_crashing_configuration_does_not_stop_the_run(tmp_path):
 def test_two_local_dask_workers(tmp_path):
     cfg = write_experiment(tmp_path / "e.yaml", max_epochs=2)
     out_dir = tmp_path / "run"
-    out = run_cli("run", "--budget", "20s", "--config", str(cfg), "--out", str(out_dir), "--workers", "2")
+    out = run_cli("run", "--budget", "25s", "--config", str(cfg), "--out", str(out_dir), "--workers", "2")
     assert out.returncode == 0, out.stderr[-3000:]
     trials = [t for t in smac_trials(out_dir) if t["status"] == 1]
     assert len(trials) >= 2
@@ -216,7 +216,7 @@ def test_join_an_existing_dask_scheduler(tmp_path):
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,
                       silence_logs=40) as cluster, Client(cluster) as client:
         worker_pids = set(client.run(os.getpid).values())
-        out = run_cli("run", "--budget", "12s", "--config", str(cfg), "--out", str(out_dir),
+        out = run_cli("run", "--budget", "17s", "--config", str(cfg), "--out", str(out_dir),
                       "--scheduler", cluster.scheduler_address)
         assert out.returncode == 0, out.stderr[-3000:]
         assert client.run(os.getpid) and len(client.scheduler_info()["workers"]) == 1  # the cluster is left running
@@ -229,7 +229,7 @@ def test_hyperband_and_random_and_multi_objective(tmp_path):
     cfg = write_experiment(tmp_path / "e.yaml", min_epochs=1, max_epochs=3)
     for optimizer, extra in (("hyperband", []), ("random", []), ("parego", ["--objectives", "error,params"])):
         out_dir = tmp_path / optimizer
-        out = run_cli("run", "--budget", "10s", "--config", str(cfg), "--out", str(out_dir), "--optimizer", optimizer, *extra)
+        out = run_cli("run", "--budget", "15s", "--config", str(cfg), "--out", str(out_dir), "--optimizer", optimizer, *extra)
         assert out.returncode == 0, (optimizer, out.stderr[-3000:])
         trials = [t for t in smac_trials(out_dir) if t["status"] == 1]
         assert trials, optimizer

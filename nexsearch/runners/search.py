@@ -34,18 +34,23 @@ from nexsearch.runners.budget import format_duration
 from nexsearch.runners.experiment import Experiment, read_saved_experiment, save_experiment
 
 
-def prepare_run_dir(exp: Experiment) -> tuple[RunDir, bool]:
-    """Create the run directory, or check that an existing one holds this same experiment."""
+def prepare_run_dir(exp: Experiment, console: Console | None = None) -> tuple[RunDir, bool]:
+    """Create the run directory, or check that an existing one holds this same experiment (a run without any
+    trial yet -- killed while it started -- takes the new settings instead)."""
     rd = RunDir(exp.run_dir)
     if rd.path.exists() and not rd.path.is_dir():
         raise UserError(f"--out {rd.path} is a file, not a directory: choose another --out")
     if rd.is_run():
         changes = exp.differences(read_saved_experiment(rd))
-        if changes:
+        if changes and (rd.has_history() or rd.has_smac_state()):
             raise UserError(
                 f"{rd.path} holds a run of a different experiment ({'; '.join(changes)}): "
                 "resume with the original settings or choose another --out"
             )
+        if changes:
+            save_experiment(exp, rd)
+            (console or Console(stderr=True)).print(f"{rd.path} had no trial yet: it takes the new settings "
+                                                    f"({'; '.join(changes)})", highlight=False)
         return rd, True
     if rd.path.exists() and any(rd.path.iterdir()):
         raise UserError(f"{rd.path} exists and is not a nexsearch run: choose another --out (nothing was changed)")
@@ -109,7 +114,7 @@ def run_search(exp: Experiment, budget_s: float, console: Console | None = None,
     started_at = time.time() if started_at is None else started_at
     logging.getLogger("smac").setLevel(logging.ERROR)  # the live view reports progress; SMAC's INFO lines would drown it
     console = console or Console()
-    rd, lock, state, saved_state = RunDir(exp.run_dir), None, None, None
+    rd, lock, state, saved_state, made = RunDir(exp.run_dir), None, None, None, None
     try:
         if rd.path.is_dir() and rd.is_run():
             # A resume: the heartbeat runs from here, so a kill while the run starts up loses little of the budget.
@@ -119,34 +124,38 @@ def run_search(exp: Experiment, budget_s: float, console: Console | None = None,
             if used_before < budget_s:
                 state = _heartbeat(rd, exp, budget_s, used_before, started_at)
                 state.start()
-        check_experiment(exp)
-        rd, resumed = prepare_run_dir(exp)
+            check_experiment(exp)
+            rd, resumed = prepare_run_dir(exp, console)
+        else:
+            # A new run is made before the checks (and removed again when they fail): its clock, too, runs from
+            # the process start, and a kill during the checks (seconds: CUDA, the dataset, a training step) loses
+            # at most a heartbeat. A run killed there has no trial yet and takes new settings when it resumes.
+            existed = rd.path.exists()
+            rd, resumed = prepare_run_dir(exp, console)
+            made = not existed  # from here on, a failure takes the new run back
+            lock = rd.lock()
+            save_experiment(exp, rd)
+            state = _heartbeat(rd, exp, budget_s, 0.0, started_at)
+            state.start()
+            check_experiment(exp)
     except BaseException:
         if state is not None:  # a mistake found before the search started: the run is left as it was
             state.abandon(saved_state)
         if lock is not None:
             unlock(lock)
+        if made is not None:  # nothing of a new run that never started is left behind
+            rd.remove_new(made)
         raise
-    lock = lock or rd.lock()
     try:
-        if not resumed:
-            save_experiment(exp, rd)
-        else:
+        if resumed:
             cut = rd.tidy()
             if cut:
                 console.print(f"the last line of {rd.trials.name} was torn by a kill ({cut} bytes): moved to "
                               f"{rd.TORN}", highlight=False)
-        if state is not None:
-            used_before = state.used_before_s  # the file now holds this session's heartbeat too
-        else:
-            used_before = float(rd.read_state().get("used_s", 0.0)) if resumed else 0.0
-        if used_before >= budget_s:
+        if state is None:
             console.print(f"budget already spent ({format_duration(used_before)} of {format_duration(budget_s)}): "
                           "pass a larger --budget to continue")
             return summarize(rd.path, console)
-        if state is None:  # a new run counts from its creation (a resume from its process start, above)
-            state = _heartbeat(rd, exp, budget_s, used_before, started_at if resumed else time.time())
-            state.start()
         status = "stopped"
         try:
             status = _search(exp, rd, resumed, state, console)
