@@ -121,9 +121,14 @@ def run_search(exp: Experiment, budget_s: float, console: Console | None = None,
             lock = rd.lock()
             saved_state = rd.state.read_bytes() if rd.state.exists() else None
             used_before = float(rd.read_state().get("used_s", 0.0))
-            if used_before < budget_s:
-                state = _heartbeat(rd, exp, budget_s, used_before, started_at)
-                state.start()
+            if used_before >= budget_s:  # nothing to run: say so at once, without the checks
+                console.print(f"budget already spent ({format_duration(used_before)} of "
+                              f"{format_duration(budget_s)}): pass a larger --budget to continue")
+                unlock(lock)
+                lock = None
+                return summarize(rd.path, console)
+            state = _heartbeat(rd, exp, budget_s, used_before, started_at)
+            state.start()
             check_experiment(exp)
             rd, resumed = prepare_run_dir(exp, console)
         else:
@@ -152,10 +157,6 @@ def run_search(exp: Experiment, budget_s: float, console: Console | None = None,
             if cut:
                 console.print(f"the last line of {rd.trials.name} was torn by a kill ({cut} bytes): moved to "
                               f"{rd.TORN}", highlight=False)
-        if state is None:
-            console.print(f"budget already spent ({format_duration(used_before)} of {format_duration(budget_s)}): "
-                          "pass a larger --budget to continue")
-            return summarize(rd.path, console)
         status = "stopped"
         try:
             status = _search(exp, rd, resumed, state, console)
