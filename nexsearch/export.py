@@ -27,7 +27,7 @@ import torch
 
 from nexsearch.errors import UserError
 from nexsearch.search_space.builder import LAYOUTS, NexNet, checkpoint_filter_fn, count_macs, count_params
-from nexsearch.search_space.presets import preset as preset_config
+from nexsearch.search_space.presets import preset_configuration
 from nexsearch.search_space.space import DESCRIPTIONS, to_dict, validate
 
 SIZES = ("t", "s", "tp")
@@ -42,7 +42,7 @@ def _source_config(run_dir: str | Path | None, preset: str | None, trial: int | 
     if (run_dir is None) == (preset is None):
         raise UserError("export needs either a run directory or --preset NAME (not both)")
     if preset is not None:
-        return validate(preset_config(preset)), {"preset": preset}
+        return preset_configuration(preset), {"preset": preset}
     from nexsearch.results import error_of
     from nexsearch.rundir import RunDir
     from nexsearch.runners.status import run_status

@@ -215,8 +215,10 @@ def test_a_configuration_is_checked_once_where_it_enters(monkeypatch, tmp_path):
                                                           throughput_batch=2, throughput_iters=1, device="cpu"))
     assert len(checks) == 1  # a plain mapping from a library caller: checked once, by the trainer
 
+    checks.clear()
     out = tmp_path / "m.safetensors"
     export_model(preset="nexception", size="t", out=out, num_classes=10)
+    assert len(checks) == 1  # the preset, where it enters the export; the model is built from that
     checks.clear()
     checks.clear()
     load_model(out)

@@ -44,8 +44,13 @@ MODELS: dict[str, tuple[str, str]] = {
 }
 
 
-def preset(name: str) -> dict[str, Any]:
-    """The configuration of a named preset (validated, as a plain dict)."""
+def preset_configuration(name: str):
+    """The configuration of a named preset as a ``Configuration`` (checked here, where it enters)."""
     if name not in PRESETS:
         raise UserError(f"unknown preset '{name}': choose one of {', '.join(PRESETS)}")
-    return to_dict(validate(PRESETS[name]))
+    return validate(PRESETS[name])
+
+
+def preset(name: str) -> dict[str, Any]:
+    """The configuration of a named preset (validated, as a plain dict)."""
+    return to_dict(preset_configuration(name))
