@@ -166,7 +166,7 @@ def backup_smac_state(smac_dir: Path, finished: int | None = None) -> bool:
     A backup is never replaced by an older state: with ``finished`` (the finished trials of the
     live files) smaller than the backup's, nothing is copied and False is returned."""
     backup = Path(smac_dir) / BACKUP_DIR
-    if finished is not None and finished < finished_in(backup / "runhistory.json"):
+    if finished is not None and finished < backup_finished(smac_dir):
         return False
     backup.mkdir(exist_ok=True)
     for name in SMAC_STATE_FILES:
@@ -389,19 +389,23 @@ class RunDir:
         """Whether trials were recorded (a SMAC state lost now would lose results)."""
         return self.trials.exists() and self.trials.stat().st_size > 0
 
+    def _smac_dirs(self) -> list[Path]:
+        """SMAC's output folders under ``smac/`` that hold a runhistory, live or as the last complete copy."""
+        root = self.path / self.SMAC
+        if not root.is_dir():
+            return []
+        return sorted({p.parent for p in root.glob("*/runhistory.json")} |
+                      {p.parent.parent for p in root.glob(f"*/{BACKUP_DIR}/runhistory.json")})
+
     def has_smac_state(self) -> bool:
         """Whether SMAC saved a state here (a search ran, even if no trial finished)."""
-        return any((self.path / self.SMAC).glob("*/runhistory.json")) or \
-            any((self.path / self.SMAC).glob(f"*/{BACKUP_DIR}/runhistory.json"))
+        return bool(self._smac_dirs())
 
     def find_smac_dir(self) -> Path:
         """SMAC's output folder of this run (or this folder itself, when it is a bare SMAC output directory)."""
         if (self.path / "runhistory.json").exists():
             return self.path
-        root = self.path / self.SMAC
-        candidates = sorted({p.parent for p in root.glob("*/runhistory.json")} |
-                            {p.parent.parent for p in root.glob(f"*/{BACKUP_DIR}/runhistory.json")}
-                            ) if root.is_dir() else []
+        candidates = self._smac_dirs()
         if not candidates:
             raise UserError(f"{self.path} is not a nexsearch run (no smac/<seed>/runhistory.json): "
                             "pass a run directory")
