@@ -363,29 +363,24 @@ def evaluated_winner(run_dir: str | Path) -> tuple[dict[str, Any] | None, str]:
 
 # --- training, in this process or on Dask workers ------------------------------------------------
 
-_WORKER: dict[str, Any] = {}
+_WORKER: dict[str, Any] = {}  # the evaluation's slot of target.configure (a search's workers keep theirs)
 
 
 def _configure(spec: dict[str, Any]) -> None:
     """Set the evaluation's objective in this process (its own slot: a search's workers keep theirs)."""
-    from nexsearch.objectives.target import ObjectiveSpec
+    from nexsearch.objectives.target import configure
 
-    spec = ObjectiveSpec(**spec)
-    if _WORKER.get("spec") is None or _WORKER["spec"].data_key != spec.data_key:
-        _WORKER.clear()
-    _WORKER["spec"] = spec
+    configure(spec, _WORKER)
 
 
 def train_one(config: dict[str, Any], seed: int, epochs: int) -> dict[str, Any]:
     """One training of ``config`` with the configured run's data and settings: the trainer's record with test error."""
-    from nexsearch.objectives.target import load_splits
+    from nexsearch.objectives.target import loaded
     from nexsearch.objectives.trainer import train_proxy
 
-    spec = _WORKER["spec"]
-    if "splits" not in _WORKER:
-        _WORKER["splits"] = load_splits(spec, test=True)
+    spec, splits = loaded(_WORKER, test=True)
     started = time.time()
-    record = train_proxy(config, _WORKER["splits"], spec.settings, seed=seed, budget=epochs, test=True)
+    record = train_proxy(config, splits, spec.settings, seed=seed, budget=epochs, test=True)
     record.update(start_time=started, end_time=time.time(), host=socket.gethostname(), pid=os.getpid())
     return record
 

@@ -48,28 +48,35 @@ def is_cut(value: Any) -> bool:
     return str((value.additional_info or {}).get("error", "")).startswith(f"{TrialCut.__name__}(")
 
 
-_PROCESS: dict[str, Any] = {}
+_PROCESS: dict[str, Any] = {}  # this process's spec and data for SMAC's trials (nexsearch evaluate keeps its own)
 
 
-def configure(spec: ObjectiveSpec | Mapping[str, Any]) -> ObjectiveSpec:
-    """Set what ``target_function`` evaluates in this process (the data loads on first use)."""
+def configure(spec: ObjectiveSpec | Mapping[str, Any], slot: dict[str, Any] = _PROCESS) -> ObjectiveSpec:
+    """Set what ``target_function`` evaluates in this process (the data loads on first use); ``slot`` holds it
+    (default: the search's)."""
     if not isinstance(spec, ObjectiveSpec):
         spec = ObjectiveSpec(**dict(spec))
-    old = _PROCESS.get("spec")
+    old = slot.get("spec")
     if old is None or old.data_key != spec.data_key:
-        _PROCESS.clear()
-    _PROCESS["spec"] = spec
+        slot.clear()
+    slot["spec"] = spec
     return spec
 
 
-def loaded() -> tuple[ObjectiveSpec, Splits]:
-    """This process's spec and its dataset, training and validation on the training device (loaded once)."""
-    if "spec" not in _PROCESS:
+def loaded(slot: dict[str, Any] = _PROCESS, test: bool = False) -> tuple[ObjectiveSpec, Splits]:
+    """This process's spec and its dataset, training and validation on the training device (loaded once; the
+    test split too with ``test=True``, for a slot that always asks for it)."""
+    if "spec" not in slot:
         raise RuntimeError("nexsearch.objectives.target.configure(...) was not called in this process")
-    spec: ObjectiveSpec = _PROCESS["spec"]
-    if "splits" not in _PROCESS:
-        _PROCESS["splits"] = load_splits(spec)
-    return spec, _PROCESS["splits"]
+    spec: ObjectiveSpec = slot["spec"]
+    if "splits" not in slot:
+        slot["splits"] = load_splits(spec, test=test)
+    return spec, slot["splits"]
+
+
+def unload() -> None:
+    """Drop this process's dataset (the spec stays): when trials run in worker processes, which load their own."""
+    _PROCESS.pop("splits", None)
 
 
 def load_splits(spec: ObjectiveSpec, test: bool = False) -> Splits:

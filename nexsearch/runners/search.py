@@ -64,14 +64,14 @@ def _heartbeat(rd: RunDir, exp: Experiment, budget_s: float, used_before: float,
 
 
 def check_experiment(exp: Experiment) -> None:
-    """Everything a search needs, before any file is written: the device exists, the dataset loads (once, in
-    this process; serial trials reuse it) and the default configuration trains one tiny step with these
-    settings. Any failure is a one-line ``UserError``."""
+    """Everything a search needs, before SMAC starts: the device exists, the dataset loads (once, in this
+    process; serial trials reuse it) and the default configuration trains one tiny step with these settings.
+    Any failure is a one-line ``UserError`` (``run_search`` then leaves no new run directory behind)."""
     import torch
 
     from nexsearch.objectives import target
     from nexsearch.objectives.full_size import check_fits
-    from nexsearch.objectives.trainer import TrainSettings, resolve_device
+    from nexsearch.objectives.trainer import resolve_device
     from nexsearch.search_space.builder import build_model
     from nexsearch.search_space.space import build_space
 
@@ -80,11 +80,11 @@ def check_experiment(exp: Experiment) -> None:
         raise UserError(f"device '{exp.device}' asked for, but there are {torch.cuda.device_count()} CUDA devices")
     check_fits(exp.objectives, exp.full_layout, exp.device)  # full_latency: the full-size models fit on the device
     target.configure(exp.objective_spec(None))
-    _, splits = target.loaded()
+    spec, splits = target.loaded()
     if len(splits.train) < 2 or len(splits.val) < 1:
         raise UserError(f"dataset '{exp.dataset}' has too few images ({len(splits.train)} for training, "
                         f"{len(splits.val)} for validation): use more data or a different val_fraction")
-    settings = TrainSettings.from_dict(exp.objective_spec(None).train)
+    settings = spec.settings
     try:  # one tiny training step of the default configuration (Xception): the model, the optimizer, a backward
         from timm.optim import create_optimizer_v2
 
@@ -102,7 +102,7 @@ def check_experiment(exp: Experiment) -> None:
         raise UserError(f"one training step of the default configuration fails with these settings "
                         f"({type(exc).__name__}: {first}): fix the experiment's training settings") from None
     if exp.workers > 1 or exp.scheduler:
-        target._PROCESS.pop("splits", None)  # the workers load their own copy
+        target.unload()  # the workers load their own copy
 
 
 def run_search(exp: Experiment, budget_s: float, console: Console | None = None,
