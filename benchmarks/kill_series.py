@@ -41,12 +41,13 @@ sys.path.insert(0, str(REPO))
 
 from nexsearch.runners.budget import parse_budget  # noqa: E402
 from nexsearch.rundir import RunDir  # noqa: E402
+from nexsearch.runview import RunView  # noqa: E402
 
 
 def _snapshot(run_dir: Path) -> dict:
     """Trials of the run as its readers see them: finished keys, RUNNING keys, used budget."""
     try:
-        trials, _, _ = RunDir(run_dir).runhistory()
+        trials = RunView(run_dir).history.trials
     except Exception:  # no SMAC state yet (killed during start-up)
         trials = []
     key = lambda t: f"{t['config_id']}/{t['seed']}/{t['budget']}"  # noqa: E731

@@ -81,11 +81,15 @@ def _process_start() -> float:
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
+    from nexsearch.objectives.settings import DATASETS
+    from nexsearch.objectives.table import objective_names
+    from nexsearch.runners.optimizers import OPTIMIZERS
+
     p = sub.add_parser("run", help="run (or resume) a SMAC search under a wall-clock budget")
     p.add_argument("--budget", required=True, help="wall-clock budget: 45s, 90m, 12h, 3d, 1d12h")
     p.add_argument("--config", help="experiment YAML file (default experiments/nexception_cifar100.yaml)")
     p.add_argument("--out", help="run directory (default runs/<experiment name>); the same one resumes")
-    p.add_argument("--dataset", choices=["cifar100", "digits", "synthetic", "folder"])
+    p.add_argument("--dataset", choices=DATASETS)
     p.add_argument("--data-dir", help="folder holding cifar-100-python, or an ImageFolder tree")
     p.add_argument("--test-dir", help="folder dataset: an ImageFolder tree of test images (default: a seeded "
                                       "10%% of --data-dir, test_fraction)")
@@ -93,10 +97,11 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                    help="download CIFAR-100 into --data-dir if missing (--no-download: never)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--seed", type=int)
-    p.add_argument("--optimizer", help="bo, hyperband, random or parego")
+    p.add_argument("--optimizer", help=f"{', '.join(OPTIMIZERS)}")
     p.add_argument("--min-epochs", type=int, help="smallest budget (hyperband)")
     p.add_argument("--max-epochs", type=int, help="epochs per trial (bo, random, parego); largest budget (hyperband)")
-    p.add_argument("--objectives", help="comma-separated: error[,latency|params|macs]")
+    p.add_argument("--objectives", help=f"comma-separated, error first, from {', '.join(objective_names())} "
+                                        "(e.g. error,full_latency)")
     p.add_argument("--workers", help="parallel trials through Dask: a number, or auto (#GPUs x --workers-per-gpu, "
                                      "else one per CPU slot)")
     p.add_argument("--workers-per-gpu", type=int, help="trials sharing each GPU under --workers auto (default 4; "

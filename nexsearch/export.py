@@ -26,11 +26,12 @@ from typing import Any
 import torch
 
 from nexsearch.errors import UserError
+from nexsearch.objectives.settings import FULL_LAYOUTS
 from nexsearch.search_space.builder import LAYOUTS, NexNet, checkpoint_filter_fn, count_macs, count_params
 from nexsearch.search_space.presets import preset_configuration
 from nexsearch.search_space.space import DESCRIPTIONS, to_dict, validate
 
-SIZES = ("t", "s", "tp")
+SIZES = FULL_LAYOUTS  # the full-size layouts a model is exported in
 FORMAT = "nexsearch-model/1"
 
 # Paper table 1 (NEXcepTion-S uses lr 1.4e-3 and batch 128).
@@ -43,49 +44,34 @@ def _source_config(run_dir: str | Path | None, preset: str | None, trial: int | 
         raise UserError("export needs either a run directory or --preset NAME (not both)")
     if preset is not None:
         return preset_configuration(preset), {"preset": preset}
-    from nexsearch.results import error_of
-    from nexsearch.rundir import RunDir
-    from nexsearch.runners.status import run_status
+    from nexsearch.runview import RunView
 
-    rd = RunDir(run_dir)
-    run_dir = rd.path
-    if not run_dir.is_dir():
-        raise UserError(f"{run_dir} does not exist: pass a run directory")
-    notes: list[str] = []
-    if trial is None and not incumbent:
-        from nexsearch.evaluate import evaluated_winner
-
-        winner, chosen = evaluated_winner(run_dir)
+    if not Path(run_dir).is_dir():
+        raise UserError(f"{Path(run_dir)} does not exist: pass a run directory")
+    view = RunView(run_dir)
+    where = str(view.path.resolve())
+    if trial is not None:
+        t = view.trial(trial)
+        return validate(t["config"]), {"run_dir": where, "trial": trial, "val_error": t["error"],
+                                       "notes": view.history.notes}
+    if not incumbent:
+        winner, chosen = view.evaluated_winner()
         if winner is not None:
-            source = {"run_dir": str(run_dir.resolve()), "trial": winner["trial"], "preset": winner["preset"],
+            source = {"run_dir": where, "trial": winner["trial"], "preset": winner["preset"],
                       "val_error": winner["val_error_mean"], "chosen": chosen,
                       "evaluation": {k: winner[k] for k in ("epochs", "seeds", "seeds_done", "val_error_mean",
                                                             "test_error_mean")}}
             return validate(winner["config"]), source
     else:
-        chosen = "exporting the search's incumbent" if trial is None else f"exporting trial {trial}"
-    if trial is None:
-        info = run_status(run_dir)
-        notes = info["notes"]
-        inc = info.get("incumbent")
-        if inc is None and info.get("pareto_front"):
-            inc = dict(info["pareto_front"][0], error=info["pareto_front"][0]["costs"][info["objectives"][0]])
-        if inc is None:
-            raise UserError(f"{run_dir} has no successful trial yet: nothing to export")
-        return validate(inc["config"]), {"run_dir": str(run_dir.resolve()), "trial": inc["trial"],
-                                                   "val_error": inc["error"], "chosen": chosen, "notes": notes}
-    trials, configs, _ = rd.runhistory(notes=notes)
-    match = [t for t in trials if t["trial"] == trial]
-    if not match:
-        raise UserError(f"trial {trial} not found in {run_dir}: it has trials 1..{len(trials)}")
-    t = match[0]
-    if t["status_name"] == "running":
-        raise UserError(f"trial {trial} of {run_dir} has no result yet (running, or interrupted when the run stopped: "
-                        "resuming the run evaluates it again): pick a successful trial")
-    if t["status_name"] != "success":
-        raise UserError(f"trial {trial} of {run_dir} did not succeed ({t['status_name']}): pick a successful trial")
-    return validate(configs[str(t["config_id"])]), {"run_dir": str(run_dir.resolve()), "trial": trial,
-                                                     "val_error": error_of(t["cost"]), "notes": notes}
+        chosen = "exporting the search's incumbent"
+    inc = view.incumbent() if len(view.history.objectives) == 1 else None
+    if inc is None and view.history.successful:  # several objectives: the front's lowest error
+        front = view.pareto_front()[0]
+        inc = dict(front, error=front["costs"][view.history.objectives[0]])
+    if inc is None:
+        raise UserError(f"{view.path} has no successful trial yet: nothing to export")
+    return validate(inc["config"]), {"run_dir": where, "trial": inc["trial"], "val_error": inc["error"],
+                                     "chosen": chosen, "notes": view.history.notes}
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -159,19 +145,7 @@ def export_model(
     for note in source.pop("notes", []):  # the run's live state file was unreadable: say which copy was read
         print(f"note: {note}", file=sys.stderr)
     chosen = source.pop("chosen", None)
-    out = Path(out)
-    if out.suffix != ".safetensors":
-        raise UserError(f"--out must end in .safetensors, got {out.name}")
-    if not out.parent.is_dir():
-        raise UserError(f"cannot write {out}: folder {out.parent} does not exist")
-    if not os.access(out.parent, os.W_OK):
-        raise UserError(f"cannot write {out}: folder {out.parent} is not writable")
-    probe = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:  # before building the model: can a file be written there at all?
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise UserError(f"cannot write {out} ({exc.strerror or exc}): choose another --out") from None
+    out = _check_out(Path(out))
     layout = LAYOUTS[size]
     torch.manual_seed(seed)
     model = NexNet(config, size, num_classes=num_classes).eval()
@@ -186,18 +160,42 @@ def export_model(
         "source": source,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    card = model_card(meta, out)
+    paths = _write_files(model, meta, card, out, onnx)
+    return {**meta, "paths": paths, "card": card, "chosen": chosen}
+
+
+def _check_out(out: Path) -> Path:
+    """Before building the model: ``out`` names a safetensors file that can be written."""
+    if out.suffix != ".safetensors":
+        raise UserError(f"--out must end in .safetensors, got {out.name}")
+    if not out.parent.is_dir():
+        raise UserError(f"cannot write {out}: folder {out.parent} does not exist")
+    if not os.access(out.parent, os.W_OK):
+        raise UserError(f"cannot write {out}: folder {out.parent} is not writable")
+    probe = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:  # can a file be written there at all?
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"cannot write {out} ({exc.strerror or exc}): choose another --out") from None
+    return out
+
+
+def _write_files(model: NexNet, meta: dict[str, Any], card: str, out: Path, onnx: bool) -> dict[str, str]:
+    """Weights, sidecar, card (and ONNX), each written whole; their paths."""
     from safetensors.torch import save_file
 
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     _atomic_write(out, lambda p: save_file(state, str(p), metadata={"format": FORMAT}))
     sidecar = out.with_suffix(".json")
     _atomic_write(sidecar, lambda p: p.write_text(json.dumps(meta, indent=2)))
-    card = model_card(meta, out)
     _atomic_write(out.with_suffix(".md"), lambda p: p.write_text(card))
     paths = {"weights": str(out), "sidecar": str(sidecar), "card": str(out.with_suffix(".md"))}
     if onnx:
         onnx_path = out.with_suffix(".onnx")
-        dummy = torch.zeros(1, 3, layout.input_size, layout.input_size)
+        size = meta["input_size"]
+        dummy = torch.zeros(1, 3, size, size)
 
         def write_onnx(p: Path) -> None:
             torch.onnx.export(model, (dummy,), str(p), dynamo=False, input_names=["input"], output_names=["logits"],
@@ -205,7 +203,7 @@ def export_model(
 
         _atomic_write(onnx_path, write_onnx)
         paths["onnx"] = str(onnx_path)
-    return {**meta, "paths": paths, "card": card, "chosen": chosen}
+    return paths
 
 
 def read_sidecar(path: str | Path) -> tuple[Path, dict[str, Any]]:

@@ -10,6 +10,8 @@ this module imports neither torch, SMAC, numpy nor pandas (``nexsearch status`` 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Hashable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 T = TypeVar("T")
@@ -18,8 +20,41 @@ T = TypeVar("T")
 # SMAC costs seconds; tests/test_results.py checks it against SMAC's enum, member by member.
 STATUS_NAMES = {0: "running", 1: "success", 2: "crashed", 3: "timeout", 4: "memoryout"}
 
-# Every objective and metric is minimised except these.
-MAXIMISED = frozenset({"throughput"})
+
+
+@dataclass
+class History:
+    """What an optimizer recorded of a run, as plain data: the one form every reader takes (``status``,
+    the analysis, the importance, ``evaluate``'s candidates, ``export``), whatever the optimizer. Made by
+    the optimizer's history reader (SMAC's: ``nexsearch.runners.smac_state.read_smac_history``).
+
+    ``trials``: in the optimizer's order, each a dict with ``trial`` (its number, :func:`numbered_trials`),
+    ``status_name``, ``config_id``, ``seed``, ``budget``, ``cost`` (a float, or one value per objective),
+    ``starttime``, ``endtime`` and ``additional_info``. ``configs``: configurations by id (as ``str``).
+    ``folder``: the optimizer's own files (what DeepCAVE opens). ``notes``: what was read from a backup."""
+
+    trials: list[dict[str, Any]]
+    configs: dict[str, dict[str, Any]]
+    objectives: list[str]
+    folder: Path
+    notes: list[str] = field(default_factory=list)
+
+    def config(self, trial: Mapping[str, Any]) -> dict[str, Any]:
+        """The configuration of ``trial`` (empty when the optimizer did not record it)."""
+        return self.configs.get(str(trial["config_id"]), {})
+
+    @property
+    def finished(self) -> list[dict[str, Any]]:
+        """Trials with a result (not in flight, nor interrupted by a kill or the budget's end)."""
+        return [t for t in self.trials if t["status_name"] != "running"]
+
+    @property
+    def successful(self) -> list[dict[str, Any]]:
+        return [t for t in self.trials if t["status_name"] == "success"]
+
+    @property
+    def seeds(self) -> set[int]:
+        return {int(t["seed"]) for t in self.trials if t.get("seed") is not None}
 
 
 def status_name(code: Any) -> str:

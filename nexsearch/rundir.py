@@ -15,14 +15,15 @@
     RUN_DIR/evaluation/             ``nexsearch evaluate``: results.jsonl, summary.json,
                                     summary.csv, evaluation.png, .lock, dask-worker-space/
 
-Nothing else in nexsearch names these files: everything asks :class:`RunDir`. This module
-imports neither torch nor SMAC, so that ``nexsearch status`` answers at once and ``nexsearch
-run`` can start its heartbeat before the heavy imports.
+The paths of these files are named here and reached through :class:`RunDir`; what is inside
+SMAC's folder is the SMAC state's own format (``nexsearch.runners.smac_state``: file names, backup,
+repair), what is inside ``evaluation/`` the evaluation store's (``nexsearch.evaluation.store``).
+This module imports neither torch nor SMAC, so that ``nexsearch status`` answers at once and
+``nexsearch run`` can start its heartbeat before the heavy imports.
 
-SMAC 2.4.1 rewrites its JSON files in place (not atomically): a kill during a write leaves one
-truncated. The runner keeps the last complete copy of each in the backup folder (runhistory
-first, so a restored runhistory is never older than the intensifier state beside it); readers
-retry a file caught half-written and fall back to that copy, saying so.
+Every file nexsearch writes whole goes through :func:`write_atomic` (run files, the evaluation's
+summary, exported models, reports, benchmark results); every JSON-lines file is read by
+:func:`read_jsonl`.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import shutil
 import socket
 import threading
 import time
@@ -38,9 +38,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from nexsearch.errors import UserError
-from nexsearch.results import numbered_trials, status_name
 
-SMAC_STATE_FILES = ("runhistory.json", "intensifier.json", "optimization.json")
 BACKUP_DIR = ".nexsearch-backup"
 HEARTBEAT_S = 1.0  # a kill -9 loses at most about this much of the budget's accounting
 
@@ -83,20 +81,30 @@ def append_jsonl(path: str | Path, record: Mapping[str, Any]) -> None:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The complete lines of a JSON-lines file (a line being written right now is left out)."""
-    if not Path(path).exists():
+def read_jsonl(path: str | Path, strict: bool = False) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file (none when it is missing). A line that is not valid JSON (being written
+    right now, or torn by a kill) is left out; with ``strict`` (a writer about to append) it is an error that
+    names the line and changes nothing."""
+    path = Path(path)
+    if not path.exists():
         return []
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     records = []
-    for line in Path(path).read_text().splitlines():
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError:
-            continue
+            if strict:
+                raise UserError(
+                    f"{path}: line {i + 1} of {len(lines)} is torn (not valid JSON: a write was cut off); the other "
+                    f"lines are intact: delete that line (sed -i '{i + 1}d' {path}) and run the same command again"
+                ) from None
     return records
 
 
-def _parses(path: Path) -> bool:
+def parses_json(path: Path) -> bool:
     try:
         json.loads(path.read_text())
         return True
@@ -116,7 +124,7 @@ def read_json_retry(path: Path, attempts: int = 5, notes: list[str] | None = Non
         except (json.JSONDecodeError, UnicodeDecodeError, FileNotFoundError) as exc:
             missing = isinstance(exc, FileNotFoundError)
             if missing or i == attempts - 1:
-                if _parses(backup):
+                if parses_json(backup):
                     if notes is not None:
                         notes.append(f"{path} is {'missing' if missing else 'truncated or corrupt'}: read its last "
                                      f"complete copy in {backup.parent} (it may be one trial behind)")
@@ -145,111 +153,6 @@ def unlock(lock) -> None:
     lock.close()
 
 
-# --- SMAC's state files: backup, repair, consistent snapshots -----------------------------------------------------
-
-
-def finished_in(runhistory: Path) -> int:
-    """Finished trials in a runhistory file (0 when unreadable)."""
-    try:
-        return int(json.loads(Path(runhistory).read_text())["stats"]["finished"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return 0
-
-
-def _copy_atomic(src: Path, dst: Path) -> None:
-    write_atomic(dst, lambda tmp: shutil.copyfile(src, tmp))
-
-
-def backup_smac_state(smac_dir: Path, finished: int | None = None) -> bool:
-    """Copy SMAC's state files (complete at this point: SMAC saved them after the last trial).
-
-    A backup is never replaced by an older state: with ``finished`` (the finished trials of the
-    live files) smaller than the backup's, nothing is copied and False is returned."""
-    backup = Path(smac_dir) / BACKUP_DIR
-    if finished is not None and finished < backup_finished(smac_dir):
-        return False
-    backup.mkdir(exist_ok=True)
-    for name in SMAC_STATE_FILES:
-        if (Path(smac_dir) / name).exists():
-            _copy_atomic(Path(smac_dir) / name, backup / name)
-    return True
-
-
-def backup_finished(smac_dir: Path) -> int:
-    """Finished trials in the backup of SMAC's state (0 without one)."""
-    return finished_in(Path(smac_dir) / BACKUP_DIR / "runhistory.json")
-
-
-def repair_smac_state(smac_dir: Path, has_history: bool = False) -> list[str]:
-    """Before a resume: when a kill (or a user) left a SMAC state file truncated or deleted, put back the
-    last complete copies -- all of them, so that runhistory and intensifier agree -- and return what was
-    wrong ("runhistory.json (missing)"). Without a complete copy the resume is refused when there is a
-    history to lose (``has_history``: trials were recorded); SMAC would otherwise start from nothing."""
-    smac_dir, backup = Path(smac_dir), Path(smac_dir) / BACKUP_DIR
-    present = [n for n in SMAC_STATE_FILES if (smac_dir / n).exists()]
-    backed_up = all(_parses(backup / n) for n in SMAC_STATE_FILES)
-    if not present and not backed_up and not has_history:
-        return []  # SMAC never saved a state (killed during start-up): a fresh start loses nothing
-    wrong = [f"{n} (missing)" for n in SMAC_STATE_FILES if n not in present]
-    wrong += [f"{n} (truncated)" for n in present if not _parses(smac_dir / n)]
-    if not wrong:
-        return []
-    if backed_up:
-        for name in SMAC_STATE_FILES:
-            _copy_atomic(backup / name, smac_dir / name)
-        return wrong
-    if has_history:
-        raise UserError(f"{smac_dir / wrong[0].split()[0]} is {wrong[0].split()[1].strip('()')} and there is no "
-                        f"complete copy in {backup}: the run cannot be resumed; start a new one with another --out")
-    for name in present:  # a kill in SMAC's very first save, before any trial: nothing to lose, start afresh
-        (smac_dir / name).unlink()
-    return []
-
-
-def snapshot_smac_dir(smac_dir: Path, dest: Path) -> Path:
-    """A consistent, readable copy of SMAC's files for readers that open them by path (DeepCAVE):
-    half-written files are read again, truncated ones replaced by the runner's last complete copy."""
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    names = {p.name for p in Path(smac_dir).glob("*.json")} | set(SMAC_STATE_FILES)
-    for name in sorted(names):
-        (dest / name).write_text(json.dumps(read_json_retry(Path(smac_dir) / name)))
-    return dest
-
-
-def fix_moved_scenario(smac_dir: Path) -> None:
-    """A run directory that was moved still resumes: point its saved scenario at the new place."""
-    path = Path(smac_dir) / "scenario.json"
-    if path.exists():
-        data = json.loads(path.read_text())
-        if data.get("output_directory") != str(smac_dir):
-            data["output_directory"] = str(smac_dir)
-            write_json_atomic(path, data)
-
-
-def load_runhistory(smac_dir: Path, notes: list[str] | None = None
-                    ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]], list[str]]:
-    """SMAC's runhistory as (trials, configs by id, objective names); ``notes`` collects what was read
-    from the last complete copy instead of the live file."""
-    smac_dir = Path(smac_dir)
-    rh = read_json_retry(smac_dir / "runhistory.json", notes=notes)
-    scenario = read_json_retry(smac_dir / "scenario.json") if (smac_dir / "scenario.json").exists() else {}
-    objectives = scenario.get("objectives", "cost")
-    objectives = [objectives] if isinstance(objectives, str) else list(objectives)
-    trials = []
-    for number, row in numbered_trials(rh.get("data", [])):
-        if isinstance(row, dict):
-            trial = dict(row)
-        else:  # older list layout
-            keys = ["config_id", "instance", "seed", "budget", "cost", "time", "cpu_time", "status", "starttime",
-                    "endtime", "additional_info"]
-            trial = dict(zip(keys, row))
-        trial["trial"] = number
-        trial["status_name"] = status_name(trial["status"])
-        trials.append(trial)
-    return trials, rh.get("configs", {}), objectives
-
-
 # --- the state file and its heartbeat -------------------------------------------------------------------------
 
 
@@ -276,10 +179,6 @@ class Heartbeat:
 
     def used(self) -> float:
         return self.used_before_s + time.time() - self.t0
-
-    def update(self, **fields: Any) -> None:
-        """Fields known later than the start (optimizer, workers, ...), written from the next beat on."""
-        self.base.update(fields)
 
     def write(self, status: str) -> None:
         self.history[-1]["ended_at"] = time.time()
@@ -423,10 +322,6 @@ class RunDir:
 
     def read_trials(self) -> list[dict[str, Any]]:
         return read_jsonl(self.trials)
-
-    def runhistory(self, notes: list[str] | None = None):
-        """SMAC's runhistory of this run: (trials, configs by id, objective names); see :func:`load_runhistory`."""
-        return load_runhistory(self.find_smac_dir(), notes=notes)
 
     def experiment_text(self) -> str:
         return self.experiment.read_text()

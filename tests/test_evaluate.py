@@ -15,7 +15,9 @@ import pytest
 
 from nexsearch.analysis import load_run
 from nexsearch.cli import main
-from nexsearch.evaluate import RESULTS_FILE, load_summary, plot_evaluation, select_candidates
+from nexsearch.evaluate import select_candidates
+from nexsearch.evaluation.present import plot_evaluation
+from nexsearch.evaluation.store import RESULTS_FILE, load_summary
 from nexsearch.export import export_model
 from nexsearch.rundir import RunDir
 from nexsearch.runners.status import run_status
@@ -125,7 +127,6 @@ def test_evaluate_top_2_seeds_2(evaluated):
     assert rows[0]["winner"] and not any(r["winner"] for r in rows[1:])
     assert ev["winner"]["source"] == rows[0]["source"]
     # the search's cost, beside the evaluated error, for the trial candidates
-    _, configs, _ = RunDir(run).runhistory()
     assert all(r["search_cost"] is not None for r in rows if r["trial"])
     assert ev["spearman_n"] == sum(r["search_cost"] is not None for r in rows)
     assert ev["search_pick"]["trial"] == run_status(run)["incumbent"]["trial"]

@@ -42,9 +42,10 @@ def test_export_incumbent_of_a_run_roundtrips(small_run, tmp_path):
 
 
 def test_export_trial_and_preset_via_cli(small_run, tmp_path, capsys):
-    from nexsearch.rundir import RunDir
+    from nexsearch.runview import RunView
 
-    trials, configs, _ = RunDir(small_run).runhistory()
+    history = RunView(small_run).history
+    trials, configs = history.trials, history.configs
     ok = [t for t in trials if t["status_name"] == "success"]
     last = ok[-1]
     assert main(["export", str(small_run), "--trial", str(last["trial"]), "--size", "t",

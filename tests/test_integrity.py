@@ -17,7 +17,8 @@ from nexsearch.errors import UserError
 from nexsearch.objectives import target
 from nexsearch.runners.experiment import experiment_from_dict
 from nexsearch.runners.search import run_search
-from nexsearch.rundir import BACKUP_DIR, RunDir, backup_smac_state, repair_smac_state
+from nexsearch.rundir import BACKUP_DIR, RunDir
+from nexsearch.runners.smac_state import backup_smac_state, repair_smac_state
 from nexsearch.runners.status import run_status
 from nexsearch.search_space.space import SPACE
 

@@ -98,7 +98,7 @@ def test_every_reader_numbers_a_trial_the_same_with_two_workers(tmp_path, capsys
     from nexsearch.errors import UserError
     from nexsearch.export import _source_config
     from nexsearch.runners.search import summarize
-    from nexsearch.rundir import load_runhistory
+    from nexsearch.runners.smac_state import load_runhistory
     from nexsearch.runners.status import print_status, run_status
 
     run_dir = tmp_path / "run"
@@ -156,7 +156,7 @@ def test_multi_objective_front_is_the_same_for_status_analysis_and_evaluate(tmp_
 
 def test_status_and_analysis_agree_on_a_hyperband_run(hyperband_run):
     from nexsearch.analysis.run import load_run
-    from nexsearch.rundir import load_runhistory
+    from nexsearch.runners.smac_state import load_runhistory
     from nexsearch.runners.status import run_status
 
     run = load_run(hyperband_run)

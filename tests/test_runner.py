@@ -250,7 +250,8 @@ def test_dead_worker_is_a_crashed_trial_and_is_replaced(tmp_path):
     from smac.runhistory import StatusType, TrialInfo
     from smac.runner import TargetFunctionRunner
 
-    from nexsearch.runners.workers import RobustDaskRunner, make_client
+    from nexsearch.runners.cluster import make_client
+    from nexsearch.runners.workers import RobustDaskRunner
     from nexsearch.search_space.space import SPACE
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from nexsearch.errors import UserError
-from nexsearch.rundir import snapshot_smac_dir
+from nexsearch.runners.smac_state import snapshot_smac_dir
 
 if TYPE_CHECKING:
     from nexsearch.analysis.run import Run

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import base64
 import html
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from nexsearch.rundir import write_atomic
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1100px;
@@ -66,9 +67,7 @@ class Page:
     def write(self, path: str | Path) -> Path:
         """Write under a temporary name, then rename: a reader never sees half a page."""
         path = Path(path)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(self.render(), encoding="utf-8")
-        os.replace(tmp, path)
+        write_atomic(path, lambda tmp: tmp.write_text(self.render(), encoding="utf-8"))
         return path
 
 

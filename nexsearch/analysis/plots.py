@@ -7,22 +7,19 @@ line is ``Run.trajectory``, the Pareto line is ``Run.pareto_front`` (tests read 
 
 from __future__ import annotations
 
-import io
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.ticker import EngFormatter, MaxNLocator
 
-if not matplotlib.get_backend().lower().startswith(("module://matplotlib_inline", "module://ipykernel")):
-    matplotlib.use("Agg")  # no display needed; Jupyter keeps its inline backend
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import EngFormatter, MaxNLocator  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.ticker import EngFormatter  # noqa: E402
-import pandas as pd  # noqa: E402
+from nexsearch.figures import pyplot
+from nexsearch.objectives.table import MEASURES, find, is_maximised
+from nexsearch.rundir import write_atomic
 
-from nexsearch.results import MAXIMISED  # noqa: E402
+plt = pyplot()  # headless outside Jupyter
 
 if TYPE_CHECKING:
     from nexsearch.analysis.run import Run
@@ -33,16 +30,9 @@ INCUMBENT_LABEL = "incumbent"
 
 def save(fig: "plt.Figure", path: str | Path) -> Path:
     path = Path(path)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
     plt.close(fig)
     return path
-
-
-def png_bytes(fig: "plt.Figure") -> bytes:
-    """The figure as PNG bytes (for a page that embeds it); the figure stays open."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    return buf.getvalue()
 
 
 def is_single_budget(b: Any) -> bool:
@@ -164,7 +154,12 @@ def plot_trajectories(runs: Iterable["Run"], objective: str = "error") -> "plt.F
     return fig
 
 
-FULL_SIZE_METRICS = ("full_params", "full_macs", "full_latency_ms")
+def _cost_metrics(run: "Run", ok: pd.DataFrame) -> tuple[str, ...]:
+    """The proxy's params, MACs and throughput, then every other recorded objective of the objective table
+    (the full-size model's, and any added one) where the run recorded it."""
+    first = ("params", "macs", "throughput")
+    others = [m.key for m in MEASURES.values() if m.objective and m.key not in first and m.key != "cost"]
+    return first + tuple(k for k in others if k in ok and ok[k].notna().any())
 
 
 def plot_pareto(run: "Run", metrics: tuple[str, ...] | None = None) -> "plt.Figure":
@@ -175,8 +170,7 @@ def plot_pareto(run: "Run", metrics: tuple[str, ...] | None = None) -> "plt.Figu
     err = run.objectives[0]
     ok = run.at_top_budget()
     if metrics is None:
-        metrics = ("params", "macs", "throughput") + tuple(
-            m for m in FULL_SIZE_METRICS if m in ok and ok[m].notna().any())
+        metrics = _cost_metrics(run, ok)
     note = f" (trials at {budget_label(run.top_budget)})" if run.multi_fidelity else ""
     cols = min(3, len(metrics))
     rows = -(-len(metrics) // cols)
@@ -188,11 +182,12 @@ def plot_pareto(run: "Run", metrics: tuple[str, ...] | None = None) -> "plt.Figu
         ax.scatter(data[metric], data[err], s=18, alpha=0.6, color="C0", label=f"trials ({len(data)})")
         if not data.empty:
             front = run.pareto_front([err, metric]).sort_values(metric)
-            ax.step(front[metric], front[err], where="pre" if metric in MAXIMISED else "post", color="C3",
+            ax.step(front[metric], front[err], where="pre" if is_maximised(metric) else "post", color="C3",
                     marker="o", markersize=5, label=PARETO_LABEL)
             ax.legend(fontsize=8)
-        better = "higher is better" if metric in MAXIMISED else "lower is better"
-        ax.set_xlabel(f"{metric} ({better})")
+        better = "higher is better" if is_maximised(metric) else "lower is better"
+        described = find(metric)
+        ax.set_xlabel(f"{metric} ({better}{'; ' + described.label if described and described.label else ''})")
         ax.set_ylabel(f"validation {err} (lower is better)")
         if metric in ("params", "macs", "full_params", "full_macs") and not data.empty and (data[metric] > 0).all():
             ax.set_xscale("log")

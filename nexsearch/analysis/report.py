@@ -14,14 +14,12 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 import pandas as pd
 
+from nexsearch.analysis.importance import METHODS
 from nexsearch.analysis.page import Page
 from nexsearch.errors import UserError
 
 if TYPE_CHECKING:
     from nexsearch.analysis.run import Run
-
-METHODS = ("lpi", "fanova")
-EVALUATION_CSV = Path("evaluation") / "summary.csv"
 
 
 def _out_dir(out: str | Path) -> Path:
@@ -126,9 +124,6 @@ def _failures_table(run: "Run") -> pd.DataFrame:
 
 def analyze(run_dir: str | Path, out: str | Path | None = None, top: int = 5) -> dict[str, Any]:
     """Analyse one run: CSV tables, PNG figures and ``report.html`` in ``out`` (default RUN_DIR/analysis)."""
-    from nexsearch.analysis.plots import (
-        plot_budget_correlation, plot_importance, plot_learning_curves, plot_pareto, plot_trajectories,
-    )
     from nexsearch.analysis.run import load_run
 
     run = load_run(run_dir)
@@ -145,7 +140,19 @@ def analyze(run_dir: str | Path, out: str | Path | None = None, top: int = 5) ->
     table["curve"] = table["curve"].map(json.dumps)
     table.to_csv(out / "trials.csv", index=False)
     files["trials"] = str(out / "trials.csv")
+    _summary_section(page, run, facts)
+    _importance_section(page, run, facts, out, files, notes, top)
+    _figures_section(page, run, out, files, top)
+    if run.multi_fidelity:
+        _budgets_section(page, run, facts, out, files)
+    _evaluation_section(page, run, notes)
+    for note in notes:
+        page.footnote(note)
+    files["report"] = str(page.write(out / "report.html"))
+    return {**facts, "files": files, "notes": notes, "evaluation": run.view.evaluation()}
 
+
+def _summary_section(page: Page, run: "Run", facts: dict[str, Any]) -> None:
     page.section("Summary", "summary")
     page.table(_summary_table(facts), "summary-table", index=False, header=False)
     inc = facts["incumbent"]
@@ -157,6 +164,11 @@ def analyze(run_dir: str | Path, out: str | Path | None = None, top: int = 5) ->
     if failures.empty:
         page.text("No trial failed.")
     page.table(failures, "failures", index=False)
+
+
+def _importance_section(page: Page, run: "Run", facts: dict[str, Any], out: Path, files: dict[str, str],
+                        notes: list[str], top: int) -> None:
+    from nexsearch.analysis.plots import plot_importance
 
     page.section("Hyperparameter importance (DeepCAVE)", "importance")
     page.text("Local parameter importance (LPI: the variance of the predicted error around the incumbent, one "
@@ -182,6 +194,10 @@ def analyze(run_dir: str | Path, out: str | Path | None = None, top: int = 5) ->
         facts[f"top_{method}"] = highest.sort_values("importance", ascending=False).head(top)[
             ["hyperparameter", "importance"]].to_dict("records")
 
+
+def _figures_section(page: Page, run: "Run", out: Path, files: dict[str, str], top: int) -> None:
+    from nexsearch.analysis.plots import plot_learning_curves, plot_pareto, plot_trajectories
+
     page.section("Trials and incumbent over time", "trajectory")
     files["trajectory_plot"] = _write_figure(page, plot_trajectories([run], run.objectives[0]),
                                              out / "trajectory.png", "trajectory")
@@ -198,41 +214,43 @@ def analyze(run_dir: str | Path, out: str | Path | None = None, top: int = 5) ->
     files["learning_curves_plot"] = _write_figure(page, plot_learning_curves(run, top), out / "learning_curves.png",
                                                   "learning curves")
 
-    if run.multi_fidelity:
-        page.section("Budgets (multi-fidelity)", "budgets")
-        budgets = run.budget_table()
-        budgets.to_csv(out / "budgets.csv", index=False)
-        files["budgets"] = str(out / "budgets.csv")
-        page.heading("Trials per budget", 3)
-        page.table(budgets, "trials-per-budget", index=False)
-        corr = run.budget_correlation()
-        corr.to_csv(out / "budget_correlation.csv", index=False)
-        files["budget_correlation"] = str(out / "budget_correlation.csv")
-        page.heading("Rank correlation between budgets", 3)
-        page.text("Spearman correlation of the error of the configurations that ran at both budgets. Hyperband "
-                  "promotes only the best configurations, so the comparison covers the better part of the space.")
-        page.table(corr, "budget-correlation", index=False)
-        files["budget_correlation_plot"] = _write_figure(page, plot_budget_correlation(run),
-                                                         out / "budget_correlation.png", "rank correlation")
-        facts["budgets"] = budgets.to_dict("records")
-        facts["budget_correlation"] = corr.to_dict("records")
 
-    evaluation = Path(run_dir) / EVALUATION_CSV
-    if evaluation.exists():
-        page.section("Evaluation", "evaluation")
-        try:
-            page.table(pd.read_csv(evaluation), "evaluation", index=False)
-            page.text(f"From {evaluation}.")
-        except (OSError, ValueError) as exc:
-            notes.append(f"{evaluation} could not be read: {exc}")
-            page.text(notes[-1], cls="note")
+def _budgets_section(page: Page, run: "Run", facts: dict[str, Any], out: Path, files: dict[str, str]) -> None:
+    from nexsearch.analysis.plots import plot_budget_correlation
 
-    for note in notes:
-        page.footnote(note)
-    files["report"] = str(page.write(out / "report.html"))
-    from nexsearch.evaluate import load_summary
+    page.section("Budgets (multi-fidelity)", "budgets")
+    budgets = run.budget_table()
+    budgets.to_csv(out / "budgets.csv", index=False)
+    files["budgets"] = str(out / "budgets.csv")
+    page.heading("Trials per budget", 3)
+    page.table(budgets, "trials-per-budget", index=False)
+    corr = run.budget_correlation()
+    corr.to_csv(out / "budget_correlation.csv", index=False)
+    files["budget_correlation"] = str(out / "budget_correlation.csv")
+    page.heading("Rank correlation between budgets", 3)
+    page.text("Spearman correlation of the error of the configurations that ran at both budgets. Hyperband "
+              "promotes only the best configurations, so the comparison covers the better part of the space.")
+    page.table(corr, "budget-correlation", index=False)
+    files["budget_correlation_plot"] = _write_figure(page, plot_budget_correlation(run),
+                                                     out / "budget_correlation.png", "rank correlation")
+    facts["budgets"] = budgets.to_dict("records")
+    facts["budget_correlation"] = corr.to_dict("records")
 
-    return {**facts, "files": files, "notes": notes, "evaluation": load_summary(run_dir)}
+
+def _evaluation_section(page: Page, run: "Run", notes: list[str]) -> None:
+    """``nexsearch evaluate``'s table, as its store keeps it (summary.csv), when the run was evaluated."""
+    from nexsearch.evaluation.store import SUMMARY_CSV
+
+    evaluation = run.view.rd.evaluation / SUMMARY_CSV
+    if not evaluation.exists():
+        return
+    page.section("Evaluation", "evaluation")
+    try:
+        page.table(pd.read_csv(evaluation), "evaluation", index=False)
+        page.text(f"From {evaluation}.")
+    except (OSError, ValueError) as exc:
+        notes.append(f"{evaluation} could not be read: {exc}")
+        page.text(notes[-1], cls="note")
 
 
 def compare(run_dirs: Sequence[str | Path], out: str | Path, top: int = 5) -> dict[str, Any]:
@@ -301,7 +319,7 @@ def print_summary(summary: dict[str, Any]) -> None:
     for note in summary["notes"]:
         print(note)
     if summary.get("evaluation"):
-        from nexsearch.evaluate import print_evaluation
+        from nexsearch.evaluation.present import print_evaluation
 
         print_evaluation(summary["evaluation"])
     for kind, path in summary["files"].items():

@@ -17,12 +17,11 @@ import pandas as pd
 import yaml
 
 from nexsearch.errors import UserError
-from nexsearch.results import MAXIMISED, at_top_budget, cost_vector, incumbent, non_dominated
-from nexsearch.rundir import RunDir, load_runhistory, read_json_retry
+from nexsearch.objectives.table import is_maximised, record_columns
+from nexsearch.results import at_top_budget, cost_vector, incumbent, non_dominated
+from nexsearch.rundir import read_json_retry
+from nexsearch.runview import RunView
 from nexsearch.search_space.space import SPACE
-
-RECORD_COLUMNS = ("train_time_s", "params", "macs", "throughput", "latency_ms", "peak_memory_mb", "epochs_run",
-                  "val_loss", "full_params", "full_macs", "full_latency_ms")
 
 
 def _key(config: dict[str, Any], seed: Any, budget: Any) -> str:
@@ -34,10 +33,11 @@ class Run:
     """One nexsearch run directory (or a bare SMAC output directory)."""
 
     def __init__(self, path: str | Path):
-        rd = RunDir(path).require_dir()
+        self.view = RunView(path)
+        rd, history = self.view.rd, self.view.history
         self.path = rd.path
-        self.smac_dir = rd.find_smac_dir()
-        rh, self._configs, self.objectives = load_runhistory(self.smac_dir)
+        self.smac_dir = history.folder  # the optimizer's own files (what DeepCAVE opens)
+        rh, self._configs, self.objectives = history.trials, history.configs, list(history.objectives)
         # RUNNING entries are no results: in flight, or interrupted (a kill, the budget's end) and evaluated
         # again when the run resumes. They are counted apart, as ``nexsearch status`` does.
         self._rh = [t for t in rh if t["status_name"] != "running"]
@@ -74,7 +74,7 @@ class Run:
                 row[name] = value
             row.update(start_time=t.get("starttime"), end_time=t.get("endtime"))
             row["duration_s"] = (t["endtime"] - t["starttime"]) if t.get("endtime") and t.get("starttime") else np.nan
-            for col in RECORD_COLUMNS:
+            for col in record_columns():
                 value = info.get(col, rec.get(col))
                 row[col] = np.nan if value is None else value
             row["reason"] = rec.get("reason") or info.get("error", "")
@@ -128,7 +128,7 @@ class Run:
         ok = self._require_success()
         best = ok.iloc[incumbent(self._as_trials(ok))["row"]]
         config = self._configs.get(str(best["config_id"]), {})  # as SMAC stored it (no NaN-widened dtypes)
-        metrics = {k: best[k] for k in [*self.objectives, "budget", *RECORD_COLUMNS] if k in best}
+        metrics = {k: best[k] for k in [*self.objectives, "budget", *record_columns()] if k in best}
         return {"trial": int(best["trial"]), "config": _plain(config), "metrics": _plain(metrics)}
 
     def elapsed(self, t: float) -> float:
@@ -168,7 +168,7 @@ class Run:
     def pareto_front(self, objectives: list[str] | None = None) -> pd.DataFrame:
         """Non-dominated successful trials over ``objectives`` (default: the run's own), at the highest budget.
 
-        Every objective is minimised except those in ``MAXIMISED`` (throughput).
+        Every objective is minimised except those the objective table maximises (throughput).
         """
         ok = self.at_top_budget()
         objs = objectives or (self.objectives if len(self.objectives) > 1 else [self.objectives[0], "params"])
@@ -176,7 +176,7 @@ class Run:
             if o not in ok or ok[o].isna().all():
                 raise UserError(f"objective '{o}' is not recorded for this run")
         ok = ok.dropna(subset=objs)
-        keep = non_dominated(ok[objs].to_numpy(dtype=float).tolist(), [o in MAXIMISED for o in objs])
+        keep = non_dominated(ok[objs].to_numpy(dtype=float).tolist(), [is_maximised(o) for o in objs])
         return ok.iloc[keep].sort_values([*objs, "trial"])
 
     @property
@@ -226,9 +226,7 @@ class Run:
     def evaluation(self) -> pd.DataFrame:
         """``nexsearch evaluate``'s table: one row per candidate and evaluation (epochs), best first, with mean and
         std of validation and test error, params, MACs, throughput, search cost, winner (empty without one)."""
-        from nexsearch.evaluate import evaluation_frame
-
-        return evaluation_frame(self.path)
+        return self.view.evaluation_frame()
 
     def importance(self, method: str = "lpi", budget: float | str | None = None, seed: int = 0) -> pd.DataFrame:
         """Hyperparameter importance by DeepCAVE's own evaluators on DeepCAVE's SMAC3 converter.

@@ -19,7 +19,6 @@ left, level by level. ``quick``: tiny sizes, for a CPU smoke test.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from nexsearch.errors import UserError
+from nexsearch.rundir import write_json_atomic
 
 QUICK_INFER_MODELS = ("nexception_t", "legacy_xception")
 # The paper's two ratio pairs: every A/B variant of bench infer runs these; the first variant runs all defaults.
@@ -109,9 +109,7 @@ def _headline(name: str, result: dict[str, Any]) -> str:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
+    write_json_atomic(path, data)
 
 
 def _environment(device: str) -> dict[str, Any]:

@@ -27,7 +27,8 @@ import torch
 
 from nexsearch.device import autocast, time_iterations
 from nexsearch.errors import UserError
-from nexsearch.objectives.settings import FULL_LAYOUTS, check_layout  # noqa: F401  (re-exported)
+from nexsearch.objectives.settings import check_layout
+from nexsearch.rundir import append_jsonl, read_jsonl
 from nexsearch.search_space.builder import LAYOUTS, build_model, count_macs, count_params
 
 # (batch, timed repetitions, warm-up batches) per device type
@@ -59,13 +60,7 @@ def _key(config: Mapping[str, Any], layout: str, device: str) -> str:
 
 
 def _cached(path: Path, key: str) -> float | None:
-    if not path.exists():
-        return None
-    for line in path.read_text().splitlines():
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line being written right now
+    for entry in read_jsonl(path):  # a line being written right now is left out
         if _key(entry["config"], entry["layout"], entry["device"]) == key:
             return float(entry["latency_ms"])
     return None
@@ -89,8 +84,6 @@ def measure_latency_ms(model: torch.nn.Module, input_size: int, device: torch.de
 def full_latency(config: Mapping[str, Any], layout: str, device: torch.device,
                  cache: str | Path | None = None) -> tuple[float, bool]:
     """(ms per image of the full-size model on ``device``, whether it came from the cache)."""
-    from nexsearch.objectives.target import append_jsonl
-
     name = device_name(device)
     key = _key(config, layout, name)
     if cache is not None and (hit := _cached(Path(cache), key)) is not None:
@@ -129,6 +122,12 @@ def full_size_record(record: Mapping[str, Any], layout: str, latency: bool, cach
             out.update(status="crashed", reason=f"full-size '{layout}' latency: {type(exc).__name__}: {exc}",
                        cost=crash_cost)
     return out
+
+
+def produce(record: Mapping[str, Any], spec: Any) -> dict[str, Any]:
+    """The objective table's ``full_size`` producer: :func:`full_size_record` for a trial of ``spec``."""
+    return full_size_record(record, spec.full_layout, "full_latency" in spec.objectives, spec.latency_cache,
+                            spec.settings.crash_cost)
 
 
 def _peak_bytes(config: Mapping[str, Any], layout: str, batch: int, param_bytes: int, act_bytes: int) -> int:
@@ -172,7 +171,7 @@ def check_fits(objectives: Sequence[str], layout: str, device: str) -> None:
     largest activation at the protocol's batch) with a margin of ``MEMORY_MARGIN`` for the larger
     configurations of the space; a trial that still runs out of memory is recorded as ``oom``.
     """
-    from nexsearch.objectives.trainer import resolve_device
+    from nexsearch.device import resolve_device
     from nexsearch.search_space.presets import PRESETS
 
     check_layout(layout)

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 from nexsearch.device import compile_mode
 from nexsearch.errors import UserError
+from nexsearch.objectives.table import objective_names
 
 DATASETS = ("cifar100", "digits", "synthetic", "folder")
 FULL_LAYOUTS = ("t", "s", "tp")  # full-size layouts of full_params / full_macs / full_latency
@@ -28,9 +29,10 @@ def check_known(cls: type, values: Mapping[str, Any], what: str) -> None:
 
 def check_objectives(objectives: Any) -> list[str]:
     objectives = list(objectives)
-    bad = [o for o in objectives if o not in OBJECTIVES]
+    names = objective_names()
+    bad = [o for o in objectives if o not in names]
     if bad or not objectives or objectives[0] != "error":
-        raise UserError(f"objectives must start with 'error' and come from {', '.join(OBJECTIVES)}; "
+        raise UserError(f"objectives must start with 'error' and come from {', '.join(names)}; "
                         f"got {list(objectives)}")
     return objectives
 
@@ -85,11 +87,6 @@ class TrainSettings:
     def precision(self) -> str:
         """The autocast precision of training and evaluation (``device.autocast``: reduced on CUDA only)."""
         return "bf16" if self.amp else "fp32"
-
-
-# Objective name -> key of the trainer's record. The first objective is always the error.
-OBJECTIVES = {"error": "cost", "latency": "latency_ms", "params": "params", "macs": "macs",
-              "full_latency": "full_latency_ms", "full_params": "full_params", "full_macs": "full_macs"}
 
 
 @dataclass

@@ -26,10 +26,12 @@ import time
 from typing import Any, Mapping
 
 from nexsearch.objectives.datasets import Splits, load_dataset
-from nexsearch.objectives.full_size import full_size_record
-from nexsearch.objectives.settings import OBJECTIVES, ObjectiveSpec  # noqa: F401  (re-exported)
-from nexsearch.objectives.trainer import resolve_device, train_proxy
-from nexsearch.rundir import append_jsonl  # noqa: F401  (re-exported)
+from nexsearch.device import resolve_device
+from nexsearch.objectives.settings import ObjectiveSpec
+from nexsearch.objectives.table import produce, record_key
+from nexsearch.objectives.trainer import train_proxy
+from nexsearch.rundir import append_jsonl
+
 
 class TrialFailed(RuntimeError):
     """Raised to SMAC for a failed trial: SMAC records it as CRASHED with the finite crash cost."""
@@ -106,8 +108,7 @@ def evaluate_trial(config: Any, seed: int = 0, budget: float | None = None) -> t
         by_deadline = settings.time_limit_s is None or left < settings.time_limit_s
         settings.time_limit_s = left if settings.time_limit_s is None else min(settings.time_limit_s, left)
     record = train_proxy(dict(config), splits, settings, seed=int(seed), budget=budget)
-    record.update(full_size_record(record, spec.full_layout, "full_latency" in spec.objectives, spec.latency_cache,
-                                   settings.crash_cost))
+    record.update(produce(record, spec))  # the objectives made after training (full-size costs, ...)
     record.update(start_time=started, end_time=time.time(), host=socket.gethostname(), pid=os.getpid())
     if record["status"] == "timeout" and by_deadline:
         _cut(dict(record, status="cut", reason="the search's wall-clock budget ended during this trial "
@@ -119,7 +120,7 @@ def evaluate_trial(config: Any, seed: int = 0, budget: float | None = None) -> t
     info = {k: v for k, v in record.items() if k != "config"}
     if len(spec.objectives) == 1:
         return float(record["cost"]), info
-    return {name: float(record[OBJECTIVES[name]]) for name in spec.objectives}, info
+    return {name: float(record[record_key(name)]) for name in spec.objectives}, info
 
 
 def _cut(record: dict[str, Any], spec: ObjectiveSpec) -> None:

@@ -24,8 +24,7 @@ from nexsearch.errors import UserError
 from nexsearch.objectives.settings import DATASETS, ObjectiveSpec, TrainSettings, TrialInputs, check_known, \
     check_layout, check_objectives
 from nexsearch.rundir import RunDir
-
-OPTIMIZERS = ("bo", "hyperband", "random", "parego")
+from nexsearch.runners.optimizers import OPTIMIZERS
 DEFAULT_EXPERIMENT = "nexception_cifar100.yaml"
 
 

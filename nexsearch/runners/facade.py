@@ -1,6 +1,6 @@
-"""The SMAC side of a search: the facade built from an experiment, and the callbacks and runner
-pieces that keep SMAC's record whole (backups of its state, cut trials kept from it, trials
-interrupted by a kill handed out again).
+"""The SMAC side of a search: the optimizer built from an experiment (through the name -> factory mapping
+of ``nexsearch.runners.optimizers``), and the callbacks and runner pieces that keep SMAC's record whole
+(backups of its state, cut trials kept from it, trials interrupted by a kill handed out again).
 
 SMAC is imported here, and this module is imported only when a search (or ``bench smac``) starts.
 """
@@ -14,84 +14,26 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from smac.callback import Callback
 
-from nexsearch.errors import UserError
-from nexsearch.rundir import BACKUP_DIR, RunDir, backup_finished, backup_smac_state, fix_moved_scenario, \
-    repair_smac_state
+from nexsearch.runners.smac_state import backup_finished, backup_smac_state
 
 if TYPE_CHECKING:
     from nexsearch.runners.experiment import Experiment
 
-# Latency / params / MACs of a crashed trial, for SMAC's surrogate only: above every real value (full-size
-# MACs included), since SMAC normalises by the successful trials' range without clipping.
-SECONDARY_CRASH_COST = 1e15
-
-
-def _no_prompt(*_: Any, **__: Any) -> str:
-    raise UserError("SMAC found a different scenario in the run directory: resume with the original settings")
-
 
 def build_smac(exp: "Experiment", run_dir: Path, runner_factory, callbacks: list, selector: str = "batched",
-                console: Console | None = None) -> Any:
-    """SMAC's facade for ``exp`` in ``run_dir`` (SMAC's files go to ``run_dir/smac/<seed>``): the optimizer's
-    facade, its initial design, intensifier and config selector, ParEGO for several objectives, a finite crash
-    cost, and the state repaired from its backup when a kill left it truncated. ``runner_factory(scenario,
-    required_arguments)`` makes SMAC's runner; ``callbacks`` are SMAC callbacks (the live view)."""
-    import smac.main.smbo
-    from smac import HyperparameterOptimizationFacade, MultiFidelityFacade, RandomFacade, Scenario
+               console: Console | None = None) -> Any:
+    """The optimizer of ``exp`` (``nexsearch.runners.optimizers.OPTIMIZERS``) in ``run_dir`` (SMAC's files go to
+    ``run_dir/smac/<seed>``), with its state backed up after every trial. ``runner_factory(scenario,
+    required_arguments)`` makes SMAC's runner; ``callbacks`` are SMAC callbacks (the live view); ``selector``:
+    ``batched`` (nexsearch's config selector) or ``smac`` (SMAC's own)."""
     from smac.main.config_selector import ConfigSelector
-    from smac.multi_objective.parego import ParEGO
 
+    from nexsearch.runners.optimizers import OPTIMIZERS, SearchSetup
     from nexsearch.runners.selector import BatchedConfigSelector
-    from nexsearch.search_space.space import build_space
 
-    selector_cls = BatchedConfigSelector if selector == "batched" else ConfigSelector  # "smac": SMAC's own
-    space = build_space(seed=exp.seed)
-    crash = exp.crash_cost if not exp.multi_objective else [exp.crash_cost] + [SECONDARY_CRASH_COST] * (
-        len(exp.objectives) - 1)
-    hyperband = exp.optimizer == "hyperband"
-    scenario = Scenario(
-        configspace=space, name="smac", output_directory=run_dir, deterministic=True,
-        objectives=exp.objectives if exp.multi_objective else "error", crash_cost=crash, n_trials=exp.max_trials,
-        min_budget=exp.min_epochs if hyperband else None, max_budget=exp.max_epochs if hyperband else None,
-        seed=exp.seed,
-    )
-    fix_moved_scenario(Path(scenario.output_directory))
-    # a kill -9 in the middle of SMAC's save, or a deleted file: never let SMAC start from nothing
-    repaired = repair_smac_state(Path(scenario.output_directory), has_history=RunDir(run_dir).has_history())
-    if repaired:
-        (console or Console(stderr=True)).print(
-            f"restored {', '.join(repaired)} from the last complete copy in {Path(scenario.output_directory) / BACKUP_DIR}",
-            highlight=False)
-    callbacks = [*callbacks, BackupState()]
-    runner = runner_factory(scenario, ["seed", "budget"] if hyperband else ["seed"])
-    common: dict[str, Any] = dict(overwrite=False, logging_level=40, callbacks=callbacks)
-    if exp.optimizer == "random":
-        facade = RandomFacade
-        kwargs = dict(intensifier=RandomFacade.get_intensifier(scenario, max_config_calls=1))
-    elif hyperband:
-        facade = MultiFidelityFacade
-        kwargs = dict(
-            initial_design=MultiFidelityFacade.get_initial_design(scenario, n_configs=exp.initial_design),
-            intensifier=MultiFidelityFacade.get_intensifier(scenario, eta=exp.eta),
-            config_selector=selector_cls(scenario, retrain_after=exp.retrain_after),
-        )
-    else:
-        facade = HyperparameterOptimizationFacade
-        kwargs = dict(
-            initial_design=facade.get_initial_design(
-                scenario, n_configs=exp.initial_design, additional_configs=[space.get_default_configuration()]),
-            intensifier=facade.get_intensifier(scenario, max_config_calls=1),
-            config_selector=selector_cls(scenario, retrain_after=exp.retrain_after),
-        )
-    if exp.multi_objective and exp.optimizer != "random":
-        kwargs["multi_objective_algorithm"] = ParEGO(scenario)
-    # SMAC asks on stdin (builtins.input, looked up in its smbo module) when it finds a different scenario in
-    # the run directory: never block a run on that. Scoped to the facade's construction, where SMAC asks.
-    smac.main.smbo.input = _no_prompt
-    try:
-        return facade(scenario, runner, **kwargs, **common)
-    finally:
-        del smac.main.smbo.input
+    setup = SearchSetup(exp, Path(run_dir), runner_factory, [*callbacks, BackupState()],
+                        BatchedConfigSelector if selector == "batched" else ConfigSelector, console)
+    return OPTIMIZERS[exp.optimizer](setup)
 
 
 class BackupState(Callback):

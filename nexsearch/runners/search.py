@@ -29,7 +29,8 @@ from typing import Any
 from rich.console import Console
 
 from nexsearch.errors import RunStopped, UserError
-from nexsearch.rundir import Heartbeat, RunDir, backup_smac_state, unlock
+from nexsearch.rundir import Heartbeat, RunDir, unlock
+from nexsearch.runners.smac_state import backup_smac_state
 from nexsearch.runners.budget import format_duration
 from nexsearch.runners.experiment import Experiment, read_saved_experiment, save_experiment
 
@@ -70,15 +71,15 @@ def check_experiment(exp: Experiment) -> None:
     import torch
 
     from nexsearch.objectives import target
-    from nexsearch.objectives.full_size import check_fits
-    from nexsearch.objectives.trainer import resolve_device
+    from nexsearch.device import resolve_device
+    from nexsearch.objectives.table import check
     from nexsearch.search_space.builder import build_model
     from nexsearch.search_space.space import build_space
 
     device = resolve_device(exp.device)
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise UserError(f"device '{exp.device}' asked for, but there are {torch.cuda.device_count()} CUDA devices")
-    check_fits(exp.objectives, exp.full_layout, exp.device)  # full_latency: the full-size models fit on the device
+    check(exp.objectives, exp.full_layout, exp.device)  # the objectives' own checks (full_latency: the models fit)
     target.configure(exp.objective_spec(None))
     spec, splits = target.loaded()
     if len(splits.train) < 2 or len(splits.val) < 1:
@@ -186,25 +187,21 @@ def _search(exp: Experiment, rd: RunDir, resumed: bool, state: Heartbeat, consol
     client = cluster = None
     try:
         if exp.workers > 1 or exp.scheduler:
-            runner_factory, client, cluster, running = _dask_runner(exp, spec, rd)
+            runner_factory, client, cluster = _dask_runner(exp, spec, rd)
         else:
             class SerialRunner(SerialRunnerMixin, TargetFunctionRunner):
                 pass
 
             def runner_factory(scenario, required):
                 return SerialRunner(scenario, target.target_function, required_arguments=required)
-
-            def running() -> int:
-                return 0
-        progress = ProgressView(console, budget_s, used_before, running=lambda: running(),
+        progress = ProgressView(console, budget_s, used_before, running=lambda: state.running(),
                                 should_stop=lambda: state.used() >= budget_s, objectives=exp.objectives)
         progress.started = state.t0
         smac = build_smac(exp, rd.path, runner_factory, [progress], console=console)
         if exp.workers > 1 or exp.scheduler:
-            running = lambda: len(smac._runner._pending_trials)  # noqa: E731
+            state.running = lambda: len(smac._runner._pending_trials)
         else:
-            running = lambda: 0 if progress.idle else 1  # noqa: E731
-        state.running = running
+            state.running = lambda: 0 if progress.idle else 1
         console.print(f"{'resuming' if resumed else 'starting'} {exp.optimizer} search '{exp.name}' in {rd.path} "
                       f"({format_duration(budget_s - state.used())} left, {exp.workers} worker(s))", highlight=False)
         retry_interrupted(smac, console)
@@ -241,7 +238,8 @@ def _dask_runner(exp: Experiment, spec: Any, rd: RunDir):
     from smac.runner import TargetFunctionRunner
 
     from nexsearch.objectives import target
-    from nexsearch.runners.workers import NexsearchWorkerPlugin, RobustDaskRunner, make_client
+    from nexsearch.runners.cluster import NexsearchWorkerPlugin, make_client
+    from nexsearch.runners.workers import RobustDaskRunner
 
     client, cluster = make_client(exp.workers, exp.scheduler, str(rd.dask_space))
     client.register_plugin(NexsearchWorkerPlugin(dataclasses.asdict(spec), None if exp.scheduler else exp.workers))
@@ -258,14 +256,14 @@ def _dask_runner(exp: Experiment, spec: Any, rd: RunDir):
         single = TargetFunctionRunner(scenario, target.target_function, required_arguments=required)
         return RobustDaskRunner(single_worker=single, dask_client=client, on_lost_trial=lost)
 
-    return factory, client, cluster, lambda: 0
+    return factory, client, cluster
 
 
 def summarize(run_dir: Path, console: Console) -> dict[str, Any]:
     """Print and return the incumbent (or Pareto front), its error and where the files are."""
-    from nexsearch.runners.status import run_status
+    from nexsearch.runview import RunView
 
-    info = run_status(run_dir)
+    info = RunView(run_dir).status()
     inc = info.get("incumbent")
     if inc:
         console.print(f"incumbent (trial {inc['trial']}): validation error {inc['error']:.4f}", highlight=False)

@@ -1,84 +1,40 @@
-"""``nexsearch status RUN_DIR``: progress of a running or finished run, read from its files only."""
+"""``nexsearch status RUN_DIR``: progress of a running or finished run, read from its files only (the run view)."""
 
 from __future__ import annotations
 
-import os
-import socket
-import time
 from pathlib import Path
 from typing import Any
 
-from nexsearch.results import error_of, incumbent, pareto_front
-from nexsearch.rundir import RunDir, load_runhistory
-
-
-def _union_seconds(intervals: list[tuple[float, float]]) -> float:
-    total, end = 0.0, float("-inf")
-    for a, b in sorted(intervals):
-        if b <= end:
-            continue
-        total += b - max(a, end)
-        end = b
-    return total
+from nexsearch.runview import RunView
 
 
 def run_status(run_dir: str | Path) -> dict[str, Any]:
-    rd = RunDir(run_dir).require_dir()
-    run_dir = rd.path
-    smac_dir = rd.find_smac_dir()
-    notes: list[str] = []
-    trials, configs, objectives = load_runhistory(smac_dir, notes=notes)
-    state = rd.read_state()
-    alive = state.get("status") == "running" and time.time() - state.get("updated_at", 0) < 30
-    if alive and state.get("pid") and state.get("host") == socket.gethostname():
-        try:
-            os.kill(int(state["pid"]), 0)
-        except ProcessLookupError:
-            alive = False
-    done = [t for t in trials if t["status_name"] != "running"]
-    ok = [t for t in done if t["status_name"] == "success"]
-    info: dict[str, Any] = {
-        "run_dir": str(run_dir), "smac_dir": str(smac_dir), "objectives": objectives,
-        "status": state.get("status", "unknown") if alive or state.get("status") != "running" else "stopped (no heartbeat)",
-        "finished": len(ok), "failed": len(done) - len(ok),
-        "running": state.get("running", 0) if alive else 0,
-        # trials in flight when the last process ended (killed, or cut by the budget's end): no result;
-        # the next resume evaluates them again
-        "interrupted": 0 if alive else len(trials) - len(done), "notes": notes,
-        "budget_s": state.get("budget_s"), "used_s": state.get("used_s"),
-        "failures": [{"trial": t["trial"], "status": t["status_name"],
-                      "reason": (t.get("additional_info") or {}).get("error", "")} for t in done if t not in ok],
-    }
-    # SMAC's overhead: wall time in which no trial was running.
-    intervals = [(t["starttime"], t["endtime"]) for t in done if t.get("starttime") and t.get("endtime")]
-    if info["used_s"]:
-        busy = _union_seconds(intervals)
-        info["trial_time_s"] = busy
-        info["overhead_s"] = max(0.0, info["used_s"] - busy)
-        info["overhead_frac"] = info["overhead_s"] / info["used_s"]
-
-    if ok and len(objectives) == 1:
-        best = incumbent(ok)
-        info["incumbent"] = {"trial": best["trial"], "error": error_of(best["cost"]), "budget": best["budget"],
-                             "config": configs.get(str(best["config_id"]), {}), "config_id": best["config_id"]}
-    elif ok:
-        info["pareto_front"] = [{"trial": t["trial"], "costs": dict(zip(objectives, t["cost"])),
-                                 "config": configs.get(str(t["config_id"]), {})} for t in pareto_front(ok)]
-    from nexsearch.evaluate import load_summary
-
-    evaluation = load_summary(run_dir)  # `nexsearch evaluate`'s table, when there is one
-    if evaluation:
-        info["evaluation"] = evaluation
-    return info
+    """The figures ``nexsearch status`` prints (:meth:`nexsearch.runview.RunView.status`)."""
+    return RunView(run_dir).status()
 
 
 def print_status(run_dir: str | Path) -> dict[str, Any]:
     from rich.console import Console
+
+    from nexsearch.evaluation.present import print_evaluation
+
+    info = run_status(run_dir)
+    console = Console()
+    for note in info["notes"]:
+        Console(stderr=True).print(f"note: {note}", highlight=False, soft_wrap=True)
+    console.print(_table(info))
+    for f in info["failures"][-5:]:
+        console.print(f"failed trial {f['trial']} ({f['status']}): {f['reason']}", highlight=False, soft_wrap=True)
+    if "evaluation" in info:
+        print_evaluation(info["evaluation"], console)
+    return info
+
+
+def _table(info: dict[str, Any]):
     from rich.table import Table
 
     from nexsearch.runners.budget import format_duration
 
-    info = run_status(run_dir)
     t = Table(title=f"nexsearch run {info['run_dir']}", show_header=False)
     t.add_row("status", info["status"])
     t.add_row("trials finished", str(info["finished"]))
@@ -98,14 +54,4 @@ def print_status(run_dir: str | Path) -> dict[str, Any]:
     if "overhead_s" in info:
         t.add_row("SMAC overhead", f"{format_duration(info['overhead_s'])} ({100 * info['overhead_frac']:.1f}% of wall time"
                   " with no trial running)")
-    console = Console()
-    for note in info["notes"]:
-        Console(stderr=True).print(f"note: {note}", highlight=False, soft_wrap=True)
-    console.print(t)
-    for f in info["failures"][-5:]:
-        console.print(f"failed trial {f['trial']} ({f['status']}): {f['reason']}", highlight=False, soft_wrap=True)
-    if "evaluation" in info:
-        from nexsearch.evaluate import print_evaluation
-
-        print_evaluation(info["evaluation"], console)
-    return info
+    return t

@@ -23,8 +23,6 @@ from distributed import Future
 from smac.runhistory import StatusType, TrialInfo, TrialValue
 from smac.runner.dask_runner import DaskParallelRunner
 
-from nexsearch.runners.cluster import NexsearchWorkerPlugin, make_client  # noqa: F401  (used by search.py)
-
 
 class RobustDaskRunner(DaskParallelRunner):
     """SMAC's Dask runner, except that a trial whose worker died comes back as CRASHED."""

@@ -1,0 +1,1 @@
+"""``nexsearch evaluate``'s results: the store (files, summary, winner) and their presentation."""

@@ -1,0 +1,141 @@
+"""The optimizers a search can use: :data:`OPTIMIZERS` maps the experiment's ``optimizer`` name to a factory
+that builds the optimizer (a SMAC facade) from a :class:`SearchSetup`, in the manner of SMAC's own
+``get_*`` factories and NePS's searcher mapping.
+
+Adding a SMAC facade is one entry here. Whatever an optimizer does, a run it searched is read through
+one history adapter (``nexsearch.runview.read_history``; SMAC's state: ``nexsearch.runners.smac_state``),
+so ``status``, ``analyze``, ``evaluate`` and ``export`` work unchanged. An optimizer that keeps its
+history in another format adds its reader to ``nexsearch.runview.HISTORY_READERS``.
+
+No SMAC at import (experiment files are checked against these names before SMAC loads): each
+factory imports what it builds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from nexsearch.errors import UserError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from nexsearch.runners.experiment import Experiment
+
+# Latency / params / MACs of a crashed trial, for SMAC's surrogate only: above every real value (full-size
+# MACs included), since SMAC normalises by the successful trials' range without clipping.
+SECONDARY_CRASH_COST = 1e15
+
+
+@dataclass
+class SearchSetup:
+    """What every optimizer is built from: the experiment, where its files go, SMAC's runner factory
+    (``runner_factory(scenario, required_arguments)``), the callbacks (live view, state backups) and the
+    config selector class (``batched``, or SMAC's own)."""
+
+    exp: "Experiment"
+    run_dir: Path
+    runner_factory: Callable[[Any, list[str]], Any]
+    callbacks: list = field(default_factory=list)
+    selector: type | None = None
+    console: "Console | None" = None
+
+    def scenario(self, **budgets: Any) -> Any:
+        """SMAC's scenario of the experiment (``budgets``: ``min_budget``/``max_budget`` of a multi-fidelity
+        optimizer), with a moved run directory's paths fixed and a state a kill left truncated repaired."""
+        from smac import Scenario
+
+        from nexsearch.rundir import BACKUP_DIR, RunDir
+        from nexsearch.runners.smac_state import fix_moved_scenario, repair_smac_state
+        from nexsearch.search_space.space import build_space
+
+        exp = self.exp
+        crash = exp.crash_cost if not exp.multi_objective else [exp.crash_cost] + [SECONDARY_CRASH_COST] * (
+            len(exp.objectives) - 1)
+        scenario = Scenario(
+            configspace=build_space(seed=exp.seed), name="smac", output_directory=self.run_dir, deterministic=True,
+            objectives=exp.objectives if exp.multi_objective else "error", crash_cost=crash, n_trials=exp.max_trials,
+            seed=exp.seed, **budgets,
+        )
+        smac_dir = Path(scenario.output_directory)
+        fix_moved_scenario(smac_dir)
+        # a kill -9 in the middle of SMAC's save, or a deleted file: never let SMAC start from nothing
+        repaired = repair_smac_state(smac_dir, has_history=RunDir(self.run_dir).has_history())
+        if repaired:
+            from rich.console import Console
+
+            (self.console or Console(stderr=True)).print(
+                f"restored {', '.join(repaired)} from the last complete copy in {smac_dir / BACKUP_DIR}",
+                highlight=False)
+        return scenario
+
+    def config_selector(self, scenario: Any) -> Any:
+        return self.selector(scenario, retrain_after=self.exp.retrain_after)
+
+    def build(self, facade: type, scenario: Any, required: list[str], parego: bool = True, **kwargs: Any) -> Any:
+        """``facade(scenario, runner, **kwargs)`` with the callbacks, ParEGO for several objectives (unless
+        ``parego`` is False), and the runner given the ``required`` target arguments."""
+        import smac.main.smbo
+
+        if self.exp.multi_objective and parego:
+            from smac.multi_objective.parego import ParEGO
+
+            kwargs["multi_objective_algorithm"] = ParEGO(scenario)
+        runner = self.runner_factory(scenario, required)
+        # SMAC asks on stdin (builtins.input, looked up in its smbo module) when it finds a different scenario in
+        # the run directory: never block a run on that. Scoped to the facade's construction, where SMAC asks.
+        smac.main.smbo.input = _no_prompt
+        try:
+            return facade(scenario, runner, overwrite=False, logging_level=40, callbacks=self.callbacks, **kwargs)
+        finally:
+            del smac.main.smbo.input
+
+
+def _no_prompt(*_: Any, **__: Any) -> str:
+    raise UserError("SMAC found a different scenario in the run directory: resume with the original settings")
+
+
+def bayesian_optimization(setup: SearchSetup) -> Any:
+    """SMAC's HPO facade (random forest, EI): an initial design with the default configuration (Xception),
+    one evaluation per configuration; ParEGO for several objectives (``parego``)."""
+    from smac import HyperparameterOptimizationFacade as Facade
+
+    scenario = setup.scenario()
+    design = Facade.get_initial_design(scenario, n_configs=setup.exp.initial_design,
+                                       additional_configs=[scenario.configspace.get_default_configuration()])
+    return setup.build(Facade, scenario, ["seed"], initial_design=design,
+                       intensifier=Facade.get_intensifier(scenario, max_config_calls=1),
+                       config_selector=setup.config_selector(scenario))
+
+
+def hyperband(setup: SearchSetup) -> Any:
+    """SMAC's multi-fidelity facade: Hyperband over epochs ``min_epochs``..``max_epochs`` (``eta``); the
+    target gets the budget."""
+    from smac import MultiFidelityFacade as Facade
+
+    exp = setup.exp
+    scenario = setup.scenario(min_budget=exp.min_epochs, max_budget=exp.max_epochs)
+    return setup.build(Facade, scenario, ["seed", "budget"],
+                       initial_design=Facade.get_initial_design(scenario, n_configs=exp.initial_design),
+                       intensifier=Facade.get_intensifier(scenario, eta=exp.eta),
+                       config_selector=setup.config_selector(scenario))
+
+
+def random_search(setup: SearchSetup) -> Any:
+    """SMAC's random facade: configurations drawn uniformly, each evaluated once (no ParEGO)."""
+    from smac import RandomFacade as Facade
+
+    scenario = setup.scenario()
+    return setup.build(Facade, scenario, ["seed"], parego=False,
+                       intensifier=Facade.get_intensifier(scenario, max_config_calls=1))
+
+
+# name (experiment files, --optimizer) -> factory(SearchSetup) -> a SMAC facade
+OPTIMIZERS: dict[str, Callable[[SearchSetup], Any]] = {
+    "bo": bayesian_optimization,
+    "hyperband": hyperband,
+    "random": random_search,
+    "parego": bayesian_optimization,  # with several objectives, which the experiment requires for it
+}
