@@ -25,7 +25,7 @@ def _truth(config):
 def _experiment(out: Path, **extra):
     return experiment_from_dict({
         "name": out.name, "dataset": "synthetic", "image_size": 16, "train_subset": 64, "download": False,
-        "data_dir": None, "max_epochs": 2, "initial_design": 4, "retrain_after": 2, "output_dir": str(out),
+        "data_dir": None, "min_epochs": 1, "max_epochs": 2, "initial_design": 4, "retrain_after": 2, "output_dir": str(out),
         "train": {"width": 0.125, "batch_size": 32, "throughput_batch": 8, "throughput_iters": 1}, **extra,
     })
 
@@ -95,12 +95,13 @@ def test_an_added_objective_is_refused_once_removed(monkeypatch):
 
 
 def tiny_random(setup):
-    """A test-only optimizer: SMAC's random facade with a 2-configuration random initial design."""
+    """A test-only optimizer: random search that starts from a 3-point Sobol design."""
     from smac import RandomFacade as Facade
+    from smac.initial_design import SobolInitialDesign
 
     scenario = setup.scenario()
     return setup.build(Facade, scenario, ["seed"], parego=False,
-                       initial_design=Facade.get_initial_design(scenario, n_configs=2),
+                       initial_design=SobolInitialDesign(scenario, n_configs=3),
                        intensifier=Facade.get_intensifier(scenario, max_config_calls=1))
 
 

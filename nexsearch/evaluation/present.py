@@ -7,13 +7,13 @@ from typing import Any
 
 from rich.console import Console
 
+
 def plot_evaluation(summary: dict[str, Any]):
     """Validation and test error of every evaluated candidate (mean +- std over seeds, seeds as dots),
     best first, one panel per evaluation; the winner's label is starred."""
     from nexsearch.figures import pyplot
 
     plt = pyplot()
-
     evaluations = [e for e in summary["evaluations"] if any(r["rank"] for r in e["candidates"])]
     fig, axes = plt.subplots(len(evaluations), 1, figsize=(8, 3.8 * len(evaluations)), squeeze=False)
     for ax, ev in zip(axes[:, 0], evaluations):
