@@ -427,6 +427,15 @@ def _run_trainings(todo: list[tuple[dict[str, Any], int]], epochs: int, spec: di
             cluster.close()
 
 
+def check_writable(run_dir: Path) -> None:
+    """Evaluation writes into RUN/evaluation: a read-only run directory is one line (status 1) before any work."""
+    from nexsearch.errors import RunStopped
+
+    if not os.access(run_dir, os.W_OK) or ((run_dir / "evaluation").is_dir()
+                                           and not os.access(run_dir / "evaluation", os.W_OK)):
+        raise RunStopped(f"{run_dir} is not writable: evaluate writes its results into {run_dir / 'evaluation'}")
+
+
 def evaluate_run(run_dir: str | Path, *, top: int = 5, seeds: int = 3, epochs: int | None = None,
                  presets: Sequence[str] = DEFAULT_PRESETS, workers: int | None = None, scheduler: str | None = None,
                  device: str | None = None, console: Console | None = None) -> dict[str, Any]:
@@ -442,6 +451,7 @@ def evaluate_run(run_dir: str | Path, *, top: int = 5, seeds: int = 3, epochs: i
     if workers is not None and workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}")
     rd = RunDir(run_dir).require_dir()
+    check_writable(rd.path)
     run_dir = rd.path
     rd.find_smac_dir()
     if not rd.is_run():
