@@ -126,10 +126,105 @@ def cases(d: Path) -> list[tuple[str, list[str], object]]:
         ("export to /proc/x.safetensors", ["export", "--preset", "nexception", "--out", "/proc/x.safetensors"], None),
         ("export to x.txt", ["export", "--preset", "nexception", "--out", str(d / "x.txt")], None),
         ("export `--trial 999`", ["export", str(run), "--trial", "999", "--out", str(d / "m.safetensors")], None),
+        # issue 23: hostile inputs and environments
+        ("`--workers 64` (more than the CPU slots)", [*r, base, "--workers", "64", "--device", "cpu",
+                                                     "--out", str(d / "w64")], None),
+        ("`train.throughput_batch: 100000`", [*r, cfg("tb.yaml", train={"throughput_batch": 100000})], None),
+        ("`train.width: 50`", [*r, cfg("wd.yaml", train={"width": 50})], None),
+        ("`train.depth: 1000000`", [*r, cfg("dp.yaml", train={"depth": 1000000})], None),
+        ("`image_size: 4096`", [*r, cfg("is.yaml", image_size=4096)], None),
+        ("`name: \".\"`", [*r, cfg("dot.yaml", name=".")], None),
+        ("budget `400d`", ["run", "--budget", "400d", "--config", base], None),
+        ("unreachable `--scheduler tcp://127.0.0.1:1`", [*r, base, "--scheduler", "tcp://127.0.0.1:1", "--out",
+                                                         str(d / "sched")], "timed"),
+        ("cifar100 with a crafted `meta` pickle", [*r, base, "--dataset", "cifar100", "--data-dir", str(d / "evil"),
+                                                   "--no-download", "--out", str(d / "evil_run")], "evil"),
+        ("`folder` with one class", [*r, base, "--dataset", "folder", "--data-dir", str(d / "one_class")], "one_class"),
+        ("export `--out RUN/nexsearch.safetensors`", ["export", str(run), "--out", str(run / "nexsearch.safetensors")],
+         None),
+        ("export over an existing file, no `--force`",
+         ["export", "--preset", "nexception", "--out", str(d / "a.safetensors")], "existing"),
+        ("resume with `trials.jsonl` a symbolic link", [*r, base, "--out", str(run)], "symlink"),
+        ("resume with `nexsearch.json` emptied, no copy", [*r, base, "--out", str(run)], "lost_state"),
+        ("evaluate with `experiment.yaml` edited", ["evaluate", str(run), "--presets", "none"], "edited"),
+        ("bench infer, sidecar `\"size\": \"zz\"`", ["bench", "infer", "--models", str(d / "zz.safetensors"),
+                                                       "--device", "cpu"], "sidecar"),
         ("resume with runhistory.json and its backup deleted", [*r, base, "--out", str(run)], "no_state"),
         ("full disk during a run (simulated ENOSPC)", ["run", "--budget", "30s", "--config", base, "--out",
                                                       str(d / "full")], "enospc"),
     ]
+
+
+def _evil(d: Path):
+    import pickle
+
+    import numpy as np
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(d / "pwned"), "w"))
+
+    folder = d / "evil" / "cifar-100-python"
+    folder.mkdir(parents=True)
+    for name in ("train", "test"):
+        entry = {"data": np.zeros((10, 3072), np.uint8), "fine_labels": [0] * 10}
+        (folder / name).write_bytes(pickle.dumps(entry, protocol=2))
+    (folder / "meta").write_bytes(pickle.dumps({"fine_label_names": Evil()}, protocol=2))
+
+
+def _one_class(d: Path):
+    from PIL import Image
+
+    (d / "one_class" / "cat").mkdir(parents=True)
+    for i in range(4):
+        Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(d / "one_class" / "cat" / f"{i}.png")
+
+
+def _swap(path: Path, change):
+    """Change ``path`` (and what is beside it) for one case; the undo puts the bytes back."""
+    saved = {p: p.read_bytes() for p in path.parent.iterdir() if p.is_file() and not p.is_symlink()}
+
+    def undo():
+        for p in path.parent.iterdir():
+            if p.is_symlink():
+                p.unlink()
+        for p, data in saved.items():
+            p.write_bytes(data)
+
+    change()
+    return undo
+
+
+def _symlink(d: Path):
+    trials = d / "run" / "trials.jsonl"
+    (d / "elsewhere.txt").write_text("not yours\n")
+    return _swap(trials, lambda: (trials.unlink(), trials.symlink_to(d / "elsewhere.txt")))
+
+
+def _lost_state(d: Path):
+    run = d / "run"
+    return _swap(run / "nexsearch.json", lambda: ((run / "nexsearch.json").write_text(""),
+                                                  (run / ".nexsearch.json.backup").unlink(missing_ok=True)))
+
+
+def _edited(d: Path):
+    exp = d / "run" / "experiment.yaml"
+    return _swap(exp, lambda: exp.write_text(exp.read_text().replace("max_epochs: 1", "max_epochs: 20")))
+
+
+def _sidecar(d: Path):
+    with contextlib.redirect_stdout(io.StringIO()):
+        main(["export", "--preset", "nexception", "--out", str(d / "zz.safetensors")])
+    meta = json.loads((d / "zz.json").read_text())
+    (d / "zz.json").write_text(json.dumps(dict(meta, size="zz")))
+
+
+def _existing(d: Path):
+    (d / "a.json").write_text("{}")
+
+
+_SETUPS = {"evil": _evil, "one_class": _one_class, "symlink": _symlink, "lost_state": _lost_state,
+           "edited": _edited, "sidecar": _sidecar, "existing": _existing, "timed": lambda d: None}
 
 
 @contextlib.contextmanager
@@ -146,6 +241,14 @@ def _setup(kind, d: Path):
             yield
         finally:
             torch.cuda.is_available = real
+        return
+    if kind in _SETUPS:
+        undo = _SETUPS[kind](d)
+        try:
+            yield
+        finally:
+            if undo:
+                undo()
         return
     if kind == "lock":
         with open(d / "run" / ".lock", "a+") as fh:
@@ -185,9 +288,16 @@ def run_all() -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         for name, args, kind in cases(d):
+            t0 = time.time()
             with _setup(kind, d):
                 code, err = _call(args)
             extra = ""
+            if kind == "timed":
+                extra = f"answered in {time.time() - t0:.1f} s; run directory created: {(d / 'sched').exists()}"
+            if kind == "evil":
+                extra = f"the pickle's code ran: {(d / 'pwned').exists()}"
+            if kind == "symlink":
+                extra = f"link target untouched: {(d / 'elsewhere.txt').read_text() == 'not yours' + chr(10)}"
             if kind == "enospc":
                 state = RunDir(d / "full").read_state()["status"]
                 extra = f"state file: {state}; .tmp files left: {len(list((d / 'full').rglob('*.tmp')))}"

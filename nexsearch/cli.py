@@ -57,7 +57,7 @@ def _run(args: argparse.Namespace) -> int:
         "output_dir": args.out, "optimizer": args.optimizer, "min_epochs": args.min_epochs,
         "max_epochs": args.max_epochs, "objectives": args.objectives, "workers": args.workers,
         "scheduler": args.scheduler, "download": args.download, "workers_per_gpu": args.workers_per_gpu,
-        "test_dir": args.test_dir,
+        "test_dir": args.test_dir, "scheduler_security": args.scheduler_security,
     }
     run_search(load_experiment(args.config, overrides), budget, started_at=started_at)
     return 0
@@ -106,7 +106,9 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                                      "else one per CPU slot)")
     p.add_argument("--workers-per-gpu", type=int, help="trials sharing each GPU under --workers auto (default 4; "
                                                        "pick it with nexsearch bench trials)")
-    p.add_argument("--scheduler", help="address of an existing Dask scheduler to join (e.g. tcp://host:8786)")
+    p.add_argument("--scheduler", help="address of an existing Dask scheduler to join (e.g. tls://host:8786)")
+    p.add_argument("--scheduler-security", metavar="FILE", help="YAML with tls_ca_file, tls_client_cert, "
+                   "tls_client_key for --scheduler (default: Dask's distributed.comm.tls configuration)")
     p.set_defaults(func=_run)
 
 
@@ -132,10 +134,12 @@ def _export(args: argparse.Namespace) -> int:
 
     if args.run_dir is None and args.preset is None:
         raise UserError("export needs a run directory or --preset NAME")
+    if args.trial is not None and (args.trial < 0 or args.run_dir is None):
+        raise UserError(f"--trial {args.trial}: give a run directory and a trial number of it (0 or more)")
     if args.incumbent and (args.trial is not None or args.run_dir is None):
         raise UserError("--incumbent needs a run directory and no --trial")
     result = export_model(args.run_dir, out=args.out, size=args.size, preset=args.preset, trial=args.trial,
-                          onnx=args.format == "onnx", incumbent=args.incumbent)
+                          onnx=args.format == "onnx", incumbent=args.incumbent, force=args.force)
     if result.get("chosen"):
         print(result["chosen"])
     print(result["card"])
@@ -157,6 +161,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="weights file NAME.safetensors (NAME.json and NAME.md beside it)")
     p.add_argument("--format", choices=["safetensors", "onnx"], default="safetensors",
                    help="onnx: also write NAME.onnx")
+    p.add_argument("--force", action="store_true", help="replace existing NAME.safetensors / .json / .md files")
     p.set_defaults(func=_export)
 
 
@@ -257,7 +262,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RunStopped as exc:
         print(f"nexsearch: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        from nexsearch.errors import Terminated
+
+        if isinstance(exc, Terminated):
+            print("nexsearch: terminated (SIGTERM): stopped cleanly; the same command resumes", file=sys.stderr)
+            return 143
         print("nexsearch: interrupted", file=sys.stderr)
         return 130
 

@@ -12,3 +12,8 @@ class UserError(ValueError):
 class RunStopped(RuntimeError):
     """A search that had to stop (a full disk): the CLI prints one line and exits with status 1.
     The run directory stays consistent and the same command resumes it."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``timeout``, SLURM, docker stop) taken like Ctrl-C: the run stops cleanly, its state says
+    "stopped", and the same command resumes it. The CLI prints one line and exits with status 143."""

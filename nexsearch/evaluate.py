@@ -174,6 +174,15 @@ def _run_trainings(todo: list[tuple[dict[str, Any], int]], epochs: int, spec: di
             cluster.close()
 
 
+def check_writable(run_dir: Path) -> None:
+    """Evaluation writes into RUN/evaluation: a read-only run directory is one line (status 1) before any work."""
+    from nexsearch.errors import RunStopped
+
+    if not os.access(run_dir, os.W_OK) or ((run_dir / "evaluation").is_dir()
+                                           and not os.access(run_dir / "evaluation", os.W_OK)):
+        raise RunStopped(f"{run_dir} is not writable: evaluate writes its results into {run_dir / 'evaluation'}")
+
+
 def evaluate_run(run_dir: str | Path, *, top: int = 5, seeds: int = 3, epochs: int | None = None,
                  presets: Sequence[str] = DEFAULT_PRESETS, workers: int | None = None, scheduler: str | None = None,
                  device: str | None = None, console: Console | None = None) -> dict[str, Any]:
@@ -184,6 +193,7 @@ def evaluate_run(run_dir: str | Path, *, top: int = 5, seeds: int = 3, epochs: i
     console = console or Console()
     _check_counts(top, seeds, epochs, workers)
     view, exp = _open_run(run_dir)
+    check_writable(view.path)
     candidates, search_seeds = select_candidates(view.path, top, presets)  # checks before anything is written
     epochs = epochs or exp.max_epochs
     spec = dataclasses.asdict(exp.objective_spec(None))

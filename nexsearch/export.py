@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+from glob import escape as glob_escape
 import sys
 import time
 from pathlib import Path
@@ -122,6 +123,38 @@ def model_card(meta: dict[str, Any], weights: Path) -> str:
     return "\n".join(lines)
 
 
+def check_out(out: Path, force: bool, onnx: bool) -> None:
+    """Where an export may write: never inside a run directory (its state files would be replaced), never over
+    an existing file without ``force`` (and then the old sidecar and card go first, so that a killed export
+    never leaves new weights beside an old sidecar). Temporary files of earlier, killed exports are removed."""
+    for folder in (out.parent.resolve(), *out.parent.resolve().parents):
+        if (folder / "nexsearch.json").is_file() or ((folder / "experiment.yaml").is_file()
+                                                     and (folder / "smac").is_dir()):
+            raise UserError(f"--out {out} is inside the run directory {folder}: export outside it (its files are "
+                            "the run's state)")
+    names = [out, out.with_suffix(".json"), out.with_suffix(".md")] + ([out.with_suffix(".onnx")] if onnx else [])
+    existing = [p for p in names if p.exists() or p.is_symlink()]
+    if existing and not force:
+        raise UserError(f"{existing[0]} exists: pass --force to replace it, or choose another --out")
+    for stale in out.parent.glob(f".{glob_escape(out.stem)}.*.tmp"):  # ".NAME.safetensors.PID.tmp" of a killed export
+        pid = stale.name.rsplit(".", 2)[-2]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            stale.unlink(missing_ok=True)
+    for path in existing:  # --force: the old sidecar and card go before the new weights are written
+        if path != out:
+            path.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def export_model(
     run_dir: str | Path | None = None,
     *,
@@ -133,6 +166,7 @@ def export_model(
     num_classes: int = 1000,
     seed: int = 0,
     incumbent: bool = False,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Build the full-size model of the chosen configuration and write weights, sidecar, card (and ONNX).
 
@@ -146,6 +180,7 @@ def export_model(
         print(f"note: {note}", file=sys.stderr)
     chosen = source.pop("chosen", None)
     out = _check_out(Path(out))
+    check_out(out, force, onnx)
     layout = LAYOUTS[size]
     torch.manual_seed(seed)
     model = NexNet(config, size, num_classes=num_classes).eval()

@@ -28,18 +28,22 @@ summary, exported models, reports, benchmark results); every JSON-lines file is 
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
+import shutil
 import socket
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from nexsearch.errors import UserError
+from nexsearch.errors import RunStopped, UserError
 
 BACKUP_DIR = ".nexsearch-backup"
+STATE_BACKUP = ".nexsearch.json.backup"  # the state file as the last session ended it (budget accounting)
+EXPERIMENT_BACKUP = ".experiment.yaml.backup"  # the experiment as written: an edit or an emptied file is found
 HEARTBEAT_S = 1.0  # a kill -9 loses at most about this much of the budget's accounting
 
 
@@ -64,14 +68,34 @@ def write_atomic(path: Path, write: Callable[[Path], Any]) -> None:
             pass
 
 
+def copy_atomic(src: Path, dst: Path) -> None:
+    """``dst`` becomes a whole copy of ``src`` (never a half-written one)."""
+    write_atomic(dst, lambda tmp: shutil.copyfile(src, tmp))
+
+
 def write_json_atomic(path: Path, data: Any, indent: int | None = 2) -> None:
     write_atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=indent, default=str)))
+
+
+def open_nofollow(path: str | Path, mode: str = "a"):
+    """``open(path, mode)`` that refuses a symbolic link (a link in a run directory would redirect its writes
+    to a file elsewhere): one line instead."""
+    flags = {"a": os.O_WRONLY | os.O_APPEND | os.O_CREAT, "a+": os.O_RDWR | os.O_APPEND | os.O_CREAT,
+             "r+b": os.O_RDWR, "ab": os.O_WRONLY | os.O_APPEND | os.O_CREAT}[mode]
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UserError(f"{path} is a symbolic link: nexsearch does not follow links in a run directory "
+                            "(replace it by the file itself)") from None
+        raise
+    return os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8")
 
 
 def append_jsonl(path: str | Path, record: Mapping[str, Any]) -> None:
     """Append one JSON line under an exclusive lock (safe with several worker processes), synced to disk."""
     line = json.dumps(record, default=str) + "\n"
-    with open(path, "a", encoding="utf-8") as fh:
+    with open_nofollow(path, "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             fh.write(line)
@@ -139,7 +163,10 @@ def read_json_retry(path: Path, attempts: int = 5, notes: list[str] | None = Non
 def exclusive_lock(path: Path, busy: Callable[[], str]):
     """A non-blocking exclusive lock on ``path``, held until :func:`unlock`; ``UserError(busy())`` when another
     process holds it."""
-    fh = open(path, "a+")
+    try:
+        fh = open_nofollow(path, "a+")
+    except OSError as exc:  # a read-only run directory (EROFS, EACCES): one line, an environment fault
+        raise RunStopped(f"cannot open {path} ({exc.strerror or exc}): the directory is not writable") from None
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -208,6 +235,10 @@ class Heartbeat:
         self._stop.set()
         self._thread.join(timeout=5)
         self.write(status)
+        try:  # a second copy: a state file emptied or deleted later is put back from it (read_state_guarded)
+            copy_atomic(self.path, self.path.with_name(STATE_BACKUP))
+        except OSError:
+            pass
 
     def abandon(self, saved: bytes | None) -> None:
         """Stop the heartbeat and put the state file back as it was (a resume refused before it began)."""
@@ -320,17 +351,43 @@ class RunDir:
         """The state file (empty when missing or unreadable)."""
         return _read_state(self.state)
 
+    def read_state_guarded(self, notes: list[str]) -> dict[str, Any]:
+        """The state file of a run to resume: a missing, emptied or corrupt one is read from the copy the last
+        session left (said in ``notes``); without that copy, a run with a history is refused (its budget
+        accounting would silently start again from zero)."""
+        state = self.read_state()
+        if isinstance(state.get("used_s"), (int, float)):
+            return state
+        backup = _read_state(self.path / STATE_BACKUP)
+        if isinstance(backup.get("used_s"), (int, float)):
+            notes.append(f"{self.state} is missing or corrupt: read the copy the last session left "
+                         f"({STATE_BACKUP}, {backup['used_s']:.0f} s used)")
+            return backup
+        if self.has_history() or self.has_smac_state():
+            raise UserError(f"{self.state} is missing or corrupt and has no copy: the time this run used is unknown; "
+                            "put the file back, or start a new run with another --out")
+        return state
+
     def read_trials(self) -> list[dict[str, Any]]:
         return read_jsonl(self.trials)
 
     def experiment_text(self) -> str:
-        return self.experiment.read_text()
+        """The experiment the run was made with: an emptied file is read from its copy, an edited one refused."""
+        text = self.experiment.read_text()
+        backup = self.path / EXPERIMENT_BACKUP
+        if backup.is_file() and not backup.is_symlink() and text != (saved := backup.read_text()):
+            if text.strip():
+                raise UserError(f"{self.experiment} was changed after the run was made (its copy: {backup}): put the "
+                                f"original back (cp {backup} {self.experiment}); a new experiment needs a new --out")
+            return saved
+        return text
 
     # writes
     def append_trial(self, record: Mapping[str, Any]) -> None:
         append_jsonl(self.trials, record)
 
     def write_experiment(self, text: str) -> None:
+        write_atomic(self.path / EXPERIMENT_BACKUP, lambda tmp: tmp.write_text(text))
         write_atomic(self.experiment, lambda tmp: tmp.write_text(text))
 
     def lock(self):
@@ -357,13 +414,26 @@ class RunDir:
     def remove_new(self, made: bool) -> None:
         """Take back a new run that never started (its checks failed): the files this process wrote, and the
         directory itself when this process ``made`` it."""
-        for path in (self.experiment, self.state, self.path / self.LOCK):
+        for path in (self.experiment, self.state, self.path / self.LOCK, self.path / EXPERIMENT_BACKUP):
             path.unlink(missing_ok=True)
         if made:
             try:
                 self.path.rmdir()
             except OSError:  # something else appeared in it: leave it
                 pass
+
+    def refuse_links(self) -> None:
+        """A run directory whose own files or folders are symbolic links would write elsewhere: refused."""
+        names = [self.EXPERIMENT, self.TRIALS, self.TORN, self.STATE, self.LATENCY_CACHE, self.LOCK, self.DASK,
+                 self.SMAC, self.EVALUATION, STATE_BACKUP, EXPERIMENT_BACKUP]
+        smac = self.path / self.SMAC
+        links = [self.path / n for n in names if (self.path / n).is_symlink()]
+        if smac.is_dir() and not smac.is_symlink():
+            links += [p for d in smac.iterdir() for p in (d, *(d.iterdir() if d.is_dir() and not d.is_symlink()
+                                                              else ())) if p.is_symlink()]
+        if links:
+            raise UserError(f"{links[0]} is a symbolic link: nexsearch does not follow links in a run directory "
+                            "(replace it by the file itself)")
 
     def tidy(self) -> int:
         """Before a resume: remove temporary files of dead processes, and cut a torn last line of the trial log
@@ -372,14 +442,15 @@ class RunDir:
         for tmp in [*self.path.glob(".*.tmp"), *self.path.glob(f"{self.SMAC}/*/.*.tmp"),
                     *self.path.glob(f"{self.SMAC}/*/{BACKUP_DIR}/.*.tmp")]:
             tmp.unlink(missing_ok=True)
+        self.refuse_links()
         if not self.trials.exists():
             return 0
         data = self.trials.read_bytes()
         if not data or data.endswith(b"\n"):
             return 0
         keep = data.rfind(b"\n") + 1
-        with open(self.path / self.TORN, "ab") as fh:
+        with open_nofollow(self.path / self.TORN, "ab") as fh:
             fh.write(data[keep:] + b"\n")
-        with open(self.trials, "r+b") as fh:
+        with open_nofollow(self.trials, "r+b") as fh:
             fh.truncate(keep)
         return len(data) - keep

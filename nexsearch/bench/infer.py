@@ -39,12 +39,25 @@ def _load(name: str) -> tuple[str, torch.nn.Module, int, str | None]:
         from nexsearch.export import load_model, read_sidecar
 
         _, meta = read_sidecar(name)
+        check_sidecar(name, meta)
         return Path(name).stem, load_model(name), int(meta["input_size"]), meta.get("size")
     try:
         model = timm.create_model(name, pretrained=False)
     except RuntimeError as exc:
         raise UserError(f"unknown model '{name}': give a timm model name or an exported .safetensors file ({exc})") from None
     return name, model, int(model.pretrained_cfg["input_size"][-1]), None
+
+
+def check_sidecar(name: str, meta: dict[str, Any]) -> None:
+    """The sidecar's numbers and names, before a model is built from them: one line naming the bad field."""
+    from nexsearch.export import SIZES
+
+    checks = {"size": (lambda v: v in (*SIZES, "xception"), f"one of {', '.join(SIZES)}, xception"),
+              "num_classes": (lambda v: type(v) is int and 1 <= v <= 100_000, "a whole number from 1 to 100000"),
+              "input_size": (lambda v: type(v) is int and 8 <= v <= 4096, "a whole number from 8 to 4096")}
+    for key, (ok, what) in checks.items():
+        if not ok(meta.get(key)):
+            raise UserError(f"sidecar of {name}: '{key}' must be {what}, got {meta.get(key)!r}")
 
 
 @torch.no_grad()
@@ -76,8 +89,10 @@ def bench_infer(models: list[str] | None = None, device: str = "auto", batch: in
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
     batch = batch or (256 if dev.type == "cuda" else 8)
-    if reps < 1 or batch < 1 or warmup < 0:
-        raise UserError("--reps and --batch-size must be at least 1, --warmup at least 0")
+    if not (1 <= reps <= 100_000 and 1 <= batch <= 65_536 and 0 <= warmup <= 100_000):
+        raise UserError("--reps must be from 1 to 100000, --batch-size from 1 to 65536, --warmup from 0 to 100000")
+    if input_size is not None and not 8 <= input_size <= 4096:
+        raise UserError(f"--input-size must be from 8 to 4096 pixels, got {input_size}")
     rows, exported = [], {}
     for name in models or DEFAULT_MODELS:
         label, model, size, layout = _load(name)

@@ -18,6 +18,7 @@ ImageFolder tree (``test_dir``, same classes) or, without one, a seeded ``test_f
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,22 +100,57 @@ def _finish(name: str, train: TensorData, test: TensorData | None, num_classes: 
     return Splits(name, train, val, test, num_classes, mean, std)
 
 
+# What the CIFAR-100 python files hold: dicts of str, bytes, ints, lists and numpy arrays. A pickle may name any
+# function to call while it loads; these are the only ones admitted (numpy's array reconstruction, and the
+# bytes helper of protocol-2 pickles): a crafted file cannot run code, it is refused with one line.
+_PICKLE_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                   ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+
+def _latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
+    if encoding.lower().replace("-", "") != "latin1":
+        raise pickle.UnpicklingError(f"_codecs.encode with encoding {encoding!r}")
+    return text.encode("latin1")
+
+
+class _DataUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(f"it calls {module}.{name}")
+        if name == "_reconstruct":
+            return np.ndarray((0,)).__reduce__()[0]  # numpy's own, wherever this numpy version keeps it
+        return {"ndarray": np.ndarray, "dtype": np.dtype, "encode": _latin1_bytes}[name]
+
+
+def read_data_pickle(path: Path) -> dict:
+    """A pickle of plain data (numbers, strings, lists, dicts, numpy arrays) and nothing else; ``UserError`` for
+    one that calls anything more, or is no such pickle."""
+    try:
+        with open(path, "rb") as fh:
+            data = _DataUnpickler(fh, encoding="latin1").load()
+    except OSError as exc:
+        raise UserError(f"cannot read {path} ({exc.strerror or exc})") from None
+    except Exception as exc:  # UnpicklingError, EOFError, ValueError, ...: a crafted or damaged file
+        raise UserError(f"{path} is refused: not a plain-data CIFAR pickle ({type(exc).__name__}: {exc}); "
+                        f"replace it with the official file ({CIFAR100_URL})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} is not a CIFAR-100 file (a {type(data).__name__}, not a dict)")
+    return data
+
+
+def _cifar_part(path: Path) -> TensorData:
+    entry = read_data_pickle(path)
+    data, labels = entry.get("data"), entry.get("fine_labels")
+    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == 3072
+            and isinstance(labels, list) and len(labels) == data.shape[0]
+            and all(isinstance(v, int) and 0 <= v < 100 for v in labels)):
+        raise UserError(f"{path} is not a CIFAR-100 file: it needs 'data' (N x 3072 uint8) and 'fine_labels' "
+                        "(N class numbers 0..99)")
+    images = torch.from_numpy(np.ascontiguousarray(data.reshape(-1, 3, 32, 32)))
+    return TensorData(images, torch.as_tensor(labels, dtype=torch.int64))
+
+
 def _cifar100(data_dir: Path, download: bool) -> tuple[TensorData, TensorData]:
-    from torchvision.datasets import CIFAR100
-
-    class _CIFAR100(CIFAR100):
-        # torchvision checks md5 sums; a copy re-pickled in the same format is fine too.
-        def _check_integrity(self) -> bool:
-            root = Path(self.root) / self.base_folder
-            return all((root / name).is_file() for name, _ in self.train_list + self.test_list)
-
-        def _load_meta(self) -> None:
-            import pickle
-
-            with open(Path(self.root) / self.base_folder / self.meta["filename"], "rb") as fh:
-                self.classes = pickle.load(fh, encoding="latin1")[self.meta["key"]]
-            self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
-
     folder = data_dir / "cifar-100-python"
     if not folder.is_dir():
         if not download:
@@ -122,23 +158,22 @@ def _cifar100(data_dir: Path, download: bool) -> tuple[TensorData, TensorData]:
                 f"CIFAR-100 not found: {folder} does not exist. Download {CIFAR100_URL}, extract it into "
                 f"{data_dir}, or allow downloading (--download)"
             )
-        try:
-            CIFAR100(str(data_dir), train=True, download=True)
+        from torchvision.datasets import CIFAR100
+        from torchvision.datasets.utils import download_and_extract_archive
+
+        try:  # the archive is checked against torchvision's md5 before it is extracted
+            download_and_extract_archive(CIFAR100_URL, str(data_dir), filename=CIFAR100.filename,
+                                         md5=CIFAR100.tgz_md5)
         except Exception as exc:  # no network, a proxy, a full disk: say what to do instead
             raise UserError(
                 f"CIFAR-100 could not be downloaded into {data_dir} ({type(exc).__name__}: {exc}). "
                 f"Fetch {CIFAR100_URL} by hand and extract it there"
             ) from None
-    try:
-        parts = [_CIFAR100(str(data_dir), train=t, download=False) for t in (True, False)]
-    except Exception as exc:
-        raise UserError(f"{folder} is not a readable CIFAR-100 folder ({type(exc).__name__}: {exc})") from None
-
-    def tensors(ds) -> TensorData:
-        return TensorData(torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous(),
-                          torch.as_tensor(ds.targets, dtype=torch.int64))
-
-    return tensors(parts[0]), tensors(parts[1])
+    for name in ("train", "test", "meta"):
+        if not (folder / name).is_file():
+            raise UserError(f"{folder} is not a readable CIFAR-100 folder: {name} is missing")
+    read_data_pickle(folder / "meta")  # class names only; read (and refused if crafted) like the rest
+    return _cifar_part(folder / "train"), _cifar_part(folder / "test")
 
 
 def _digits(image_size: int, seed: int) -> tuple[TensorData, TensorData]:
@@ -180,6 +215,9 @@ def _folder(data_dir: Path, image_size: int) -> tuple[TensorData, list[str]]:
         except Exception as exc:  # a truncated or mislabelled file
             raise UserError(f"cannot read image {path} ({type(exc).__name__}: {exc}): remove or replace it") from None
 
+    if len(ds.classes) < 2:
+        raise UserError(f"{data_dir} has {len(ds.classes)} class folder ({', '.join(ds.classes)}): a classifier "
+                        "needs at least 2 (one sub-folder per class)")
     images = torch.stack([read(path) for path, _ in ds.samples])
     return TensorData(images, torch.as_tensor(ds.targets, dtype=torch.int64)), list(ds.classes)
 

@@ -121,6 +121,10 @@ class ObjectiveSpec(TrialInputs):
 
     def __post_init__(self) -> None:
         self.objectives = check_objectives(self.objectives)
+        for name, low, high in (("synthetic_size", 8, 1_000_000), ("synthetic_classes", 2, 10_000)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                raise UserError(f"{name} must be a whole number from {low} to {high:,}, got {value!r}")
 
     @property
     def settings(self) -> TrainSettings:

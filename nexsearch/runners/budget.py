@@ -7,6 +7,7 @@ import re
 from nexsearch.errors import UserError
 
 _UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+MAX_BUDGET_S = 366 * 86400  # a year: anything longer is a typo (and overflows the clocks it is added to)
 _PART = re.compile(r"(\d+(?:\.\d+)?)([dhms])")
 
 
@@ -30,8 +31,10 @@ def parse_budget(text: str | int | float) -> float:
                     f"bad budget '{text}': write a duration like 45s, 90m, 12h, 3d or 1d12h (units d, h, m, s, largest first)"
                 )
             seconds = sum(float(n) * _UNITS[u] for n, u in parts)
-    if seconds <= 0:
+    if not seconds > 0:
         raise UserError(f"bad budget '{text}': it must be longer than zero")
+    if not seconds <= MAX_BUDGET_S:
+        raise UserError(f"bad budget '{text}': at most {MAX_BUDGET_S // 86400} days (366d)")
     return seconds
 
 

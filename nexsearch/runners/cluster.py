@@ -43,18 +43,54 @@ class NexsearchWorkerPlugin(WorkerPlugin):
         configure(spec)
 
 
-def make_client(workers: int, scheduler: str | None, local_directory: str) -> tuple[Client, LocalCluster | None]:
+SECURITY_KEYS = ("tls_ca_file", "tls_client_cert", "tls_client_key", "require_encryption", "tls_min_version")
+
+
+def scheduler_security(path: str | None) -> Any:
+    """The ``distributed.Security`` of ``--scheduler-security FILE`` (YAML: tls_ca_file, tls_client_cert,
+    tls_client_key, as dask-jobqueue's ``security=`` takes them); without a file, None: Dask reads its own
+    configuration (``distributed.comm.tls.*``, e.g. from ~/.config/dask/ or DASK_DISTRIBUTED__COMM__TLS__...)."""
+    if not path:
+        return None
+    import yaml
+    from distributed import Security
+
+    try:
+        data = yaml.safe_load(open(path, encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise UserError(f"--scheduler-security {path} cannot be read as YAML ({type(exc).__name__})") from None
+    if not isinstance(data, dict) or not set(data) <= set(SECURITY_KEYS) or "tls_ca_file" not in data:
+        raise UserError(f"--scheduler-security {path} must map tls_ca_file (and tls_client_cert, tls_client_key) "
+                        f"to files; known keys: {', '.join(SECURITY_KEYS)}")
+    for key in ("tls_ca_file", "tls_client_cert", "tls_client_key"):
+        if key in data and not (isinstance(data[key], str) and os.path.isfile(data[key])):
+            raise UserError(f"--scheduler-security {path}: {key} {data[key]!r} is not a file")
+    return Security(**{"require_encryption": True, **data})
+
+
+def make_client(workers: int, scheduler: str | None, local_directory: str,
+                security: str | None = None) -> tuple[Client, LocalCluster | None]:
+    """A client of a new local cluster (TLS with temporary certificates: no other local user can connect to
+    it, and no dashboard), or of the scheduler at ``scheduler`` (with ``security``, see ``scheduler_security``)."""
     import dask
 
     # A trial whose worker dies must not be retried on the next worker (it would likely kill it too).
-    dask.config.set({"distributed.scheduler.allowed-failures": 0, "distributed.worker.daemon": False})
+    dask.config.set({"distributed.scheduler.allowed-failures": 0, "distributed.worker.daemon": False,
+                     # no dashboard and no HTTP routes (health, metrics, info pages) unless the user's config asks
+                     "distributed.scheduler.http.routes": [], "distributed.worker.http.routes": []})
     if scheduler:
+        sec = scheduler_security(security)
         try:
-            return Client(scheduler, timeout="30s"), None
+            return Client(scheduler, timeout="10s", security=sec), None
         except Exception as exc:
-            raise UserError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from None
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise UserError(f"cannot connect to the Dask scheduler at {scheduler}: {first}") from None
+    from distributed import Security
+
+    sec = Security.temporary()  # a fresh self-signed CA and certificate, held in memory by this process only
     cluster = LocalCluster(
         n_workers=workers, threads_per_worker=1, processes=True, local_directory=local_directory,
-        dashboard_address=None, memory_limit=0, silence_logs=40,
+        dashboard_address=None, memory_limit=0, silence_logs=50, security=sec, protocol="tls://",
+        host="127.0.0.1", scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
     )
-    return Client(cluster), cluster
+    return Client(cluster, security=sec), cluster

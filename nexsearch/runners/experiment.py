@@ -42,62 +42,75 @@ EXPERIMENTS_DIR = _experiments_dir()
 TRAIN_FROM_EXPERIMENT = {"epochs": "max_epochs", "crash_cost": "crash_cost", "device": "device"}
 
 # May differ between the original run and a resume.
-EXECUTION_FIELDS = ("workers", "workers_per_gpu", "scheduler", "device", "output_dir", "data_dir", "download")
+EXECUTION_FIELDS = ("workers", "workers_per_gpu", "scheduler", "scheduler_security", "device", "output_dir", "data_dir",
+                    "download")
 
 
 def _device_name(value: str) -> bool:
-    return re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value) is not None
+    return re.fullmatch(r"auto|cpu|mps|cuda(:\d{1,3})?", value) is not None
 
 
-def _at_least(low: float) -> tuple[Callable[[Any], bool], str]:
-    return (lambda v: v >= low), f"at least {low:g}"
+def _between(low: float, high: float) -> tuple[Callable[[Any], bool], str]:
+    """A range with an upper bound too: values past it would exhaust memory or time before a trial ends."""
+    return (lambda v: math.isfinite(v) and low <= v <= high), f"at least {low:g} and at most {high:g}"
 
 
-_POSITIVE = ((lambda v: math.isfinite(v) and v > 0), "a number greater than 0")
+def _run_name(value: str) -> bool:
+    """A run name is one folder under runs/: not '.', '..', no path separator, no control character."""
+    return (bool(value.strip()) and value.strip(".") != "" and len(value) <= 100 and "/" not in value
+            and "\\" not in value and value.isprintable())
+
+
 _FRACTION = ((lambda v: 0 <= v < 1), "a number from 0 up to (not including) 1")
-_FINITE_NON_NEGATIVE = ((lambda v: math.isfinite(v) and v >= 0), "a finite number >= 0")
+_PATH = ((lambda v: "\0" not in v and len(v) <= 4096 and all(len(part.encode()) <= 255 for part in v.split("/"))),
+         "a path without NUL characters, of at most 4096 characters and 255 bytes per folder name")
 _DEVICE = (_device_name, "auto, cpu, cuda or cuda:N")
 
 # Value checks of the experiment's fields, checked before anything runs. Types need no entry: they come
 # from the dataclass annotations (int, float, bool, str, list, dict, X | None), so a new field is
 # type-checked as it is declared; add a line here for its range. None passes where the type allows it.
 FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "name": ((lambda v: bool(v.strip()) and "/" not in v), "a non-empty name without '/'"),
+    "name": (_run_name, "a name of 1 to 100 printable characters, without '/' or '\\', not '.' or '..'"),
     "dataset": ((lambda v: v in DATASETS), f"one of {', '.join(DATASETS)}"),
     "val_fraction": ((lambda v: 0 < v < 1), "a number between 0 and 1 (exclusive)"),
     "test_fraction": ((lambda v: 0 < v < 1), "a number between 0 and 1 (exclusive)"),
-    "image_size": _at_least(8),
-    "train_subset": _at_least(2),
+    "image_size": _between(8, 1024),
+    "train_subset": _between(2, 100_000_000),
     "device": _DEVICE,
-    "seed": _at_least(0),
-    "min_epochs": _at_least(1),
-    "max_epochs": _at_least(1),
-    "eta": _at_least(2),
-    "initial_design": _at_least(0),
-    "retrain_after": _at_least(1),
-    "max_trials": _at_least(1),
-    "crash_cost": _FINITE_NON_NEGATIVE,
-    "workers": _at_least(1),
-    "workers_per_gpu": _at_least(1),
+    "output_dir": _PATH,
+    "data_dir": _PATH,
+    "test_dir": _PATH,
+    "scheduler": ((lambda v: len(v) <= 1000 and v.isprintable()), "a scheduler address like tls://host:8786"),
+    "scheduler_security": _PATH,
+    "seed": _between(0, 2**31 - 1),
+    "min_epochs": _between(1, 100_000),
+    "max_epochs": _between(1, 100_000),
+    "eta": _between(2, 1000),
+    "initial_design": _between(0, 1_000_000),
+    "retrain_after": _between(1, 1_000_000),
+    "max_trials": _between(1, 1_000_000_000),
+    "crash_cost": _between(0, 1e12),
+    "workers": _between(1, 4096),
+    "workers_per_gpu": _between(1, 64),
 }
 # The same for the ``train:`` block (TrainSettings fields; epochs, crash_cost and device come from the experiment).
 TRAIN_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "batch_size": _at_least(2),
-    "lr": _POSITIVE,
-    "weight_decay": _FINITE_NON_NEGATIVE,
+    "batch_size": _between(2, 65536),
+    "lr": ((lambda v: 0 < v <= 100), "a number greater than 0, at most 100"),
+    "weight_decay": _between(0, 100),
     "warmup_frac": _FRACTION,
-    "min_lr": _FINITE_NON_NEGATIVE,
-    "mixup": _FINITE_NON_NEGATIVE,
-    "cutmix": _FINITE_NON_NEGATIVE,
+    "min_lr": _between(0, 100),
+    "mixup": _between(0, 1000),
+    "cutmix": _between(0, 1000),
     "label_smoothing": _FRACTION,
     "drop_path": _FRACTION,
-    "width": _POSITIVE,
-    "depth": _at_least(0),
-    "crop_padding": _at_least(0),
-    "time_limit_s": _POSITIVE,
-    "eval_batch_size": _at_least(1),
-    "throughput_batch": _at_least(1),
-    "throughput_iters": _at_least(1),
+    "width": ((lambda v: 0 < v <= 8), "a number greater than 0, at most 8"),
+    "depth": _between(0, 64),
+    "crop_padding": _between(0, 256),
+    "time_limit_s": ((lambda v: 0 < v <= 1e8), "a number greater than 0, at most 1e8"),
+    "eval_batch_size": _between(1, 65536),
+    "throughput_batch": _between(1, 4096),
+    "throughput_iters": _between(1, 10_000),
 }
 _TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list",
                dict: "a mapping"}
@@ -160,6 +173,7 @@ class Experiment(TrialInputs):
     workers: int | str = 1  # parallel trials (Dask), or "auto": #GPUs x workers_per_gpu, else the CPU slots
     workers_per_gpu: int = 4  # trials sharing one GPU under workers: auto (H100: 4 give 3.3x the trials per GPU-day)
     scheduler: str | None = None  # address of an existing Dask scheduler
+    scheduler_security: str | None = None  # YAML file: the TLS files of that scheduler (Dask's tls_* settings)
 
     def __post_init__(self) -> None:
         if isinstance(self.objectives, str):
@@ -168,6 +182,8 @@ class Experiment(TrialInputs):
             raise UserError(f"setting 'train' must be a mapping of training settings, got {self.train!r}")
         from nexsearch.device import resolve_workers
 
+        if not isinstance(self.workers, (int, str)) or isinstance(self.workers, bool):
+            raise UserError(f"setting 'workers' must be a whole number or 'auto', got {self.workers!r}")
         self.workers = resolve_workers(self.workers, self.workers_per_gpu, self.device)  # "auto" -> a count
         for key, value in check_fields(self, FIELD_RULES).items():
             setattr(self, key, value)
@@ -230,9 +246,14 @@ def resolve_config_path(path: str | Path | None) -> Path:
     if path is None:
         return EXPERIMENTS_DIR / DEFAULT_EXPERIMENT
     p = Path(path)
-    if not p.exists() and not p.is_absolute() and (EXPERIMENTS_DIR / p).exists():
-        return EXPERIMENTS_DIR / p
-    if not p.is_file():
+    try:
+        if not p.exists() and not p.is_absolute() and (EXPERIMENTS_DIR / p).exists():
+            return EXPERIMENTS_DIR / p
+        found = p.is_file()
+    except (OSError, ValueError) as exc:  # a name too long for the file system, a NUL character
+        raise UserError(f"experiment file {str(p)[:200]!r} cannot be opened ({getattr(exc, 'strerror', None) or exc})"
+                        ) from None
+    if not found:
         raise UserError(f"experiment file {p} not found: pass --config with a YAML file (see experiments/)")
     return p
 
@@ -279,4 +300,13 @@ def save_experiment(exp: Experiment, run_dir: RunDir) -> None:
 
 def read_saved_experiment(run_dir: RunDir | Path) -> Experiment:
     run_dir = RunDir(run_dir) if not isinstance(run_dir, RunDir) else run_dir
-    return experiment_from_dict(yaml.safe_load(run_dir.experiment_text()), source=str(run_dir.experiment))
+    try:
+        data = yaml.safe_load(run_dir.experiment_text())
+    except (yaml.YAMLError, UnicodeDecodeError):
+        data = None
+    except OSError as exc:
+        raise UserError(f"{run_dir.experiment} cannot be read ({exc.strerror or exc})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{run_dir.experiment} is empty or corrupt (not a mapping of settings): put back the "
+                        "experiment the run was made with")
+    return experiment_from_dict(data, source=str(run_dir.experiment))

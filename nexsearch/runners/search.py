@@ -17,10 +17,15 @@ dataset (loaded once here) and one tiny training step of the default configurati
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextlib
 import dataclasses
 import errno
 import json
 import logging
+import signal
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -28,11 +33,12 @@ from typing import Any
 
 from rich.console import Console
 
-from nexsearch.errors import RunStopped, UserError
+from nexsearch.errors import RunStopped, Terminated, UserError
 from nexsearch.rundir import Heartbeat, RunDir, unlock
 from nexsearch.runners.smac_state import backup_smac_state
 from nexsearch.runners.budget import format_duration
 from nexsearch.runners.experiment import Experiment, read_saved_experiment, save_experiment
+from nexsearch.runners.preflight import check_dataset_memory, check_training_memory, check_workers, probe_scheduler
 
 
 def prepare_run_dir(exp: Experiment, console: Console | None = None) -> tuple[RunDir, bool]:
@@ -91,6 +97,7 @@ def check_experiment(exp: Experiment) -> None:
 
         model = build_model(build_space().get_default_configuration(), "proxy", num_classes=splits.num_classes,
                             width=settings.width, depth=settings.depth, drop_path_rate=settings.drop_path).to(device)
+        check_training_memory(model, splits.image_size, settings, device, exp.workers)
         optimizer = create_optimizer_v2(model, opt=settings.optimizer, lr=settings.lr,
                                         weight_decay=settings.weight_decay)
         loss = torch.nn.functional.cross_entropy(model(splits.train.images[:2].float() / 255), splits.train.labels[:2])
@@ -113,6 +120,52 @@ def run_search(exp: Experiment, budget_s: float, console: Console | None = None,
     ``started_at`` (epoch seconds; default now): when this session began, e.g. the process start, so
     that start-up time counts against the budget too."""
     started_at = time.time() if started_at is None else started_at
+    check_resources(exp)  # before the run directory is made or touched: nothing charged to the budget
+    with stop_signals():
+        return _run_search(exp, budget_s, console, started_at)
+
+
+def check_resources(exp: Experiment) -> None:
+    """What the machine must have before anything starts: the workers, the dataset's memory, the scheduler."""
+    check_workers(exp)
+    check_dataset_memory(exp)
+    if exp.scheduler:
+        probe_scheduler(exp.scheduler)
+        if exp.scheduler_security:
+            from nexsearch.runners.cluster import scheduler_security
+
+            scheduler_security(exp.scheduler_security)  # the file is read and its TLS files exist
+
+
+_SIGNALLED: list[int] = []  # SIGINT / SIGTERM seen during this search
+
+
+@contextlib.contextmanager
+def stop_signals():
+    """SIGTERM (what ``timeout``, SLURM and docker send) taken like Ctrl-C: ``Terminated``, a KeyboardInterrupt,
+    so the run stops the same way (state "stopped", the trial in flight left for the resume)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        _SIGNALLED.append(signum)
+        raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+    _SIGNALLED.clear()
+    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    except (asyncio.CancelledError, concurrent.futures.CancelledError):
+        if not _SIGNALLED:  # Dask cancels what was pending when a signal interrupted it: the signal it is
+            raise
+        raise (Terminated() if _SIGNALLED[-1] == signal.SIGTERM else KeyboardInterrupt()) from None
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def _run_search(exp: Experiment, budget_s: float, console: Console | None, started_at: float) -> dict[str, Any]:
     logging.getLogger("smac").setLevel(logging.ERROR)  # the live view reports progress; SMAC's INFO lines would drown it
     console = console or Console()
     rd, lock, state, saved_state, made = RunDir(exp.run_dir), None, None, None, None
@@ -120,8 +173,12 @@ def run_search(exp: Experiment, budget_s: float, console: Console | None = None,
         if rd.path.is_dir() and rd.is_run():
             # A resume: the heartbeat runs from here, so a kill while the run starts up loses little of the budget.
             lock = rd.lock()
+            rd.refuse_links()
             saved_state = rd.state.read_bytes() if rd.state.exists() else None
-            used_before = float(rd.read_state().get("used_s", 0.0))
+            notes: list[str] = []
+            used_before = float(rd.read_state_guarded(notes).get("used_s", 0.0))
+            for note in notes:
+                console.print(f"note: {note}", highlight=False)
             if used_before >= budget_s:  # nothing to run: say so at once, without the checks
                 console.print(f"budget already spent ({format_duration(used_before)} of "
                               f"{format_duration(budget_s)}): pass a larger --budget to continue")
@@ -197,6 +254,7 @@ def _search(exp: Experiment, rd: RunDir, resumed: bool, state: Heartbeat, consol
         progress = ProgressView(console, budget_s, used_before, running=lambda: state.running(),
                                 should_stop=lambda: state.used() >= budget_s, objectives=exp.objectives)
         progress.started = state.t0
+        restore_space(rd.smac_dir(exp.seed), exp.seed, console)
         smac = build_smac(exp, rd.path, runner_factory, [progress], console=console)
         if exp.workers > 1 or exp.scheduler:
             state.running = lambda: len(smac._runner._pending_trials)
@@ -228,10 +286,35 @@ def _search(exp: Experiment, rd: RunDir, resumed: bool, state: Heartbeat, consol
         backup_smac_state(rd.smac_dir(exp.seed), finished=smac.runhistory.finished)
         return "finished" if state.used() >= budget_s else "stopped"
     finally:
-        if client is not None:
-            client.close()
-        if cluster is not None:
-            cluster.close()
+        _close_quietly(client, cluster)
+
+
+def _close_quietly(*closables: Any) -> None:
+    """Close the Dask client and cluster; what Dask raises while an interrupt tears them down is no news."""
+    for c in closables:
+        if c is not None:
+            try:
+                c.close()
+            except (Exception, asyncio.CancelledError):
+                pass
+
+
+def restore_space(smac_dir: Path, seed: int, console: Console) -> None:
+    """SMAC's configspace.json, deleted from a run with a state, written again: it is the design space itself
+    (``build_space``), which SMAC compares on resume. A missing scenario.json is refused with one line."""
+    from nexsearch.rundir import BACKUP_DIR
+
+    if not ((smac_dir / "runhistory.json").exists() or (smac_dir / BACKUP_DIR / "runhistory.json").exists()):
+        return
+    if not (smac_dir / "scenario.json").is_file():
+        raise UserError(f"{smac_dir / 'scenario.json'} is missing: SMAC cannot resume this run; start a new run "
+                        "with another --out")
+    if not (smac_dir / "configspace.json").is_file():
+        from nexsearch.search_space.space import build_space
+
+        build_space(seed=seed).to_json(smac_dir / "configspace.json")
+        console.print(f"note: {smac_dir / 'configspace.json'} was missing: written again from the design space",
+                      highlight=False)
 
 
 def _dask_runner(exp: Experiment, spec: Any, rd: RunDir):
@@ -241,7 +324,7 @@ def _dask_runner(exp: Experiment, spec: Any, rd: RunDir):
     from nexsearch.runners.cluster import NexsearchWorkerPlugin, make_client
     from nexsearch.runners.workers import RobustDaskRunner
 
-    client, cluster = make_client(exp.workers, exp.scheduler, str(rd.dask_space))
+    client, cluster = make_client(exp.workers, exp.scheduler, str(rd.dask_space), exp.scheduler_security)
     client.register_plugin(NexsearchWorkerPlugin(dataclasses.asdict(spec), None if exp.scheduler else exp.workers))
 
     def lost(info: Any, reason: str, start: float) -> None:

@@ -14,13 +14,12 @@ retry a file caught half-written and fall back to that copy, saying so.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 from nexsearch.errors import UserError
 from nexsearch.results import History, numbered_trials, status_name
-from nexsearch.rundir import BACKUP_DIR, RunDir, parses_json, read_json_retry, write_atomic, write_json_atomic
+from nexsearch.rundir import BACKUP_DIR, RunDir, copy_atomic, parses_json, read_json_retry, write_json_atomic
 
 SMAC_STATE_FILES = ("runhistory.json", "intensifier.json", "optimization.json")
 # columns of a runhistory row in SMAC's older list layout
@@ -37,10 +36,6 @@ def finished_in(runhistory: Path) -> int:
         return 0
 
 
-def _copy_atomic(src: Path, dst: Path) -> None:
-    write_atomic(dst, lambda tmp: shutil.copyfile(src, tmp))
-
-
 def backup_smac_state(smac_dir: Path, finished: int | None = None) -> bool:
     """Copy SMAC's state files (complete at this point: SMAC saved them after the last trial).
 
@@ -52,7 +47,7 @@ def backup_smac_state(smac_dir: Path, finished: int | None = None) -> bool:
     backup.mkdir(exist_ok=True)
     for name in SMAC_STATE_FILES:
         if (Path(smac_dir) / name).exists():
-            _copy_atomic(Path(smac_dir) / name, backup / name)
+            copy_atomic(Path(smac_dir) / name, backup / name)
     return True
 
 
@@ -77,7 +72,7 @@ def repair_smac_state(smac_dir: Path, has_history: bool = False) -> list[str]:
         return []
     if backed_up:
         for name in SMAC_STATE_FILES:
-            _copy_atomic(backup / name, smac_dir / name)
+            copy_atomic(backup / name, smac_dir / name)
         return wrong
     if has_history:
         raise UserError(f"{smac_dir / wrong[0].split()[0]} is {wrong[0].split()[1].strip('()')} and there is no "
