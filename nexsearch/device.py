@@ -62,18 +62,19 @@ def check_precision(precision: str) -> str:
     return precision
 
 
-def autocast(device: torch.device, precision: str = "bf16"):
+def autocast(device: torch.device, precision: str = "bf16", cache: bool = True):
     """A context manager running the forward pass in ``precision`` (bf16, fp16, fp32).
 
     Reduced precision is used on CUDA only; on the CPU every precision runs fp32 (CPU autocast
-    is slower than fp32 for these convolutions).
+    is slower than fp32 for these convolutions). ``cache=False`` for a forward pass captured as a
+    CUDA graph (autocast's cache of cast weights must not outlive the capture).
     """
     import torch
 
     dtype = PRECISIONS[check_precision(precision)]
     if dtype is None or device.type != "cuda":
         return nullcontext()
-    return torch.autocast(device_type="cuda", dtype=getattr(torch, dtype))
+    return torch.autocast(device_type="cuda", dtype=getattr(torch, dtype), cache_enabled=cache)
 
 
 def memory_format(name: str) -> torch.memory_format:

@@ -16,6 +16,7 @@ from nexsearch.errors import UserError
 
 DATASETS = ("cifar100", "digits", "synthetic", "folder")
 FULL_LAYOUTS = ("t", "s", "tp")  # full-size layouts of full_params / full_macs / full_latency
+STEP_MODES = ("auto", "eager", "graph", "compile")  # TrainSettings.step (objectives/step.py)
 
 
 def check_known(cls: type, values: Mapping[str, Any], what: str) -> None:
@@ -64,6 +65,7 @@ class TrainSettings:
     amp: bool = True  # bf16 autocast on CUDA
     compile: bool | str = False  # false, default, reduce-overhead, max-autotune: torch.compile's mode (~100 s per
     # new architecture on CPU; reduce-overhead uses CUDA graphs on CUDA)
+    step: str = "auto"  # auto (graph on CUDA, compile where compile is set, else eager), eager, graph, compile
     cudnn_benchmark: bool | str = "auto"  # auto: on (CUDA) for trials of SHORT_TRIAL_EPOCHS epochs or more
     time_limit_s: float | None = None  # per trial, enforced between steps
     eval_batch_size: int = 1024
@@ -78,6 +80,8 @@ class TrainSettings:
 
     def __post_init__(self) -> None:
         compile_mode(self.compile)  # a bad mode name -> one-line error
+        if self.step not in STEP_MODES:
+            raise UserError(f"unknown train step '{self.step}': choose one of {', '.join(STEP_MODES)}")
         if self.cudnn_benchmark not in ("auto", True, False):
             raise UserError(f"cudnn_benchmark must be auto, true or false, got {self.cudnn_benchmark!r}")
 
