@@ -58,6 +58,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=20, help="timed optimizer steps per method (default 20)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the plain loop (default 2)")
+    p.add_argument("--step", default="auto", choices=["auto", "eager", "graph", "compile"],
+                   help="the trainer's step: auto (graph on CUDA, eager on CPU), eager, graph (CUDA graph), compile")
+    p.add_argument("--foreach", default="auto", choices=["auto", "true", "false"],
+                   help="LAMB's multi-tensor path (true), single-tensor path (false) or the trainer's choice (auto)")
     _variants(p, "bf16")
     _device(p)
     _json(p)

@@ -66,6 +66,7 @@ class TrainSettings:
     compile: bool | str = False  # false, default, reduce-overhead, max-autotune: torch.compile's mode (~100 s per
     # new architecture on CPU; reduce-overhead uses CUDA graphs on CUDA)
     step: str = "auto"  # auto (graph on CUDA, compile where compile is set, else eager), eager, graph, compile
+    foreach: bool | str = "auto"  # LAMB's multi-tensor path: auto (on CUDA; on the CPU where measured faster)
     cudnn_benchmark: bool | str = "auto"  # auto: on (CUDA) for trials of SHORT_TRIAL_EPOCHS epochs or more
     time_limit_s: float | None = None  # per trial, enforced between steps
     eval_batch_size: int = 1024
@@ -80,6 +81,8 @@ class TrainSettings:
 
     def __post_init__(self) -> None:
         compile_mode(self.compile)  # a bad mode name -> one-line error
+        if self.foreach not in ("auto", True, False):
+            raise UserError(f"foreach must be auto, true or false, got {self.foreach!r}")
         if self.step not in STEP_MODES:
             raise UserError(f"unknown train step '{self.step}': choose one of {', '.join(STEP_MODES)}")
         if self.cudnn_benchmark not in ("auto", True, False):

@@ -46,8 +46,11 @@ def resolve_step(step: str, compile: Any, device_type: str) -> str:
     return "graph" if device_type == "cuda" else "eager"
 
 
-def optimizer_foreach(device_type: str) -> bool:
-    """Whether timm's LAMB takes its multi-tensor path: always on CUDA, on the CPU where it measured faster."""
+def optimizer_foreach(device_type: str, setting: bool | str = "auto") -> bool:
+    """Whether timm's LAMB takes its multi-tensor path: the ``foreach`` setting, or for ``auto`` always on CUDA and
+    on the CPU where it measured faster (``CPU_FOREACH``)."""
+    if setting != "auto":
+        return bool(setting)
     return device_type == "cuda" or CPU_FOREACH
 
 

@@ -281,7 +281,7 @@ def train_proxy(
     }
 
 
-def _loss_fn(settings: TrainSettings):
+def loss_fn_of(settings: TrainSettings):
     """The training loss of (float logits, labels), or of mixed soft targets where mixup / cutmix is on."""
     if settings.mixup > 0 or settings.cutmix > 0:
         from timm.loss import SoftTargetCrossEntropy
@@ -291,7 +291,7 @@ def _loss_fn(settings: TrainSettings):
     return lambda logits, y: F.cross_entropy(logits, y, label_smoothing=smoothing)
 
 
-class _Steps:
+class TrainSteps:
     """The training steps of one trial in its step mode: eager (and compile) through timm's optimizer and
     scheduler, ``graph`` through a captured :class:`GraphStep`, which falls back to eager steps (the reason in
     ``fallback``) where the capture fails."""
@@ -377,14 +377,14 @@ def _train(config, splits, settings, seed, device, run, start, test=False):
     batch_size = min(settings.batch_size, len(splits.train) - len(splits.train) % 2)
     steps_per_epoch = max(1, len(splits.train) // batch_size)
     total = steps_per_epoch * run.epochs
-    foreach = optimizer_foreach(device.type) if settings.optimizer == "lamb" else None
+    foreach = optimizer_foreach(device.type, settings.foreach) if settings.optimizer == "lamb" else None
     optimizer = create_optimizer_v2(model, opt=settings.optimizer, lr=settings.lr, weight_decay=settings.weight_decay,
                                     foreach=foreach)
     scheduler = CosineLRScheduler(
         optimizer, t_initial=total, lr_min=settings.min_lr, warmup_t=int(round(settings.warmup_frac * total)),
         warmup_lr_init=settings.min_lr, t_in_epochs=False,
     )
-    loss_fn = _loss_fn(settings)
+    loss_fn = loss_fn_of(settings)
     mixup = None
     if settings.mixup > 0 or settings.cutmix > 0:
         from timm.data import Mixup
@@ -392,7 +392,7 @@ def _train(config, splits, settings, seed, device, run, start, test=False):
         mixup = Mixup(mixup_alpha=settings.mixup, cutmix_alpha=settings.cutmix,
                       label_smoothing=settings.label_smoothing, num_classes=splits.num_classes)
     loader = DeviceLoader(splits.train, splits, settings, g)
-    steps = _Steps(mode, net, optimizer, scheduler, loss_fn, settings, total)
+    steps = TrainSteps(mode, net, optimizer, scheduler, loss_fn, settings, total)
     status, reason = "ok", ""
     model.train()
     sync(device)
