@@ -144,19 +144,21 @@ def time_total(step: Callable[[], Any], device: torch.device, iters: int, warmup
     return time.perf_counter() - start
 
 
-def resolve_workers(workers: int | str, workers_per_gpu: int = 1, device: str = "auto") -> int:
+def resolve_workers(workers: int | str, workers_per_gpu: int | str = 1, device: str = "auto") -> int:
     """The number of parallel trial processes: ``workers`` itself, or for ``auto``
     #GPUs x ``workers_per_gpu`` when trials train on CUDA (one GPU for ``cuda:N``), else the CPU slots.
+    ``workers_per_gpu: auto``: as many paper-size proxy trials as fit into each GPU's memory
+    (``runners/packing.py``).
     """
-    if not isinstance(workers_per_gpu, int) or workers_per_gpu < 1:
-        raise UserError(f"workers_per_gpu must be a whole number of at least 1, got {workers_per_gpu!r}")
+    if workers_per_gpu != "auto" and (not isinstance(workers_per_gpu, int) or workers_per_gpu < 1):
+        raise UserError(f"workers_per_gpu must be a whole number of at least 1 or auto, got {workers_per_gpu!r}")
     if isinstance(workers, str) and workers.strip().lower() == "auto":
         uses_cuda = device == "auto" or str(device).startswith("cuda")
         import torch
 
         if uses_cuda and torch.cuda.is_available():
-            gpus = 1 if ":" in str(device) else torch.cuda.device_count()
-            return gpus * workers_per_gpu
+            gpus = [int(str(device).split(":")[1])] if ":" in str(device) else range(torch.cuda.device_count())
+            return sum(_per_gpu(workers_per_gpu, gpu) for gpu in gpus)
         return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     try:
         n = int(workers)
@@ -165,3 +167,13 @@ def resolve_workers(workers: int | str, workers_per_gpu: int = 1, device: str = 
     if n < 1:
         raise UserError(f"workers must be at least 1, got {n}")
     return n
+
+
+def _per_gpu(workers_per_gpu: int | str, gpu: int) -> int:
+    if workers_per_gpu != "auto":
+        return int(workers_per_gpu)
+    import torch
+
+    from nexsearch.runners.packing import paper_proxy_slots
+
+    return paper_proxy_slots(torch.cuda.get_device_properties(gpu).total_memory / 2**20)

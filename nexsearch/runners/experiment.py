@@ -79,7 +79,7 @@ FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "max_trials": _at_least(1),
     "crash_cost": _FINITE_NON_NEGATIVE,
     "workers": _at_least(1),
-    "workers_per_gpu": _at_least(1),
+    "workers_per_gpu": ((lambda v: v == "auto" or v >= 1), "at least 1, or auto (trials packed by GPU memory)"),
 }
 # The same for the ``train:`` block (TrainSettings fields; epochs, crash_cost and device come from the experiment).
 TRAIN_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
@@ -159,7 +159,7 @@ class Experiment(TrialInputs):
     max_trials: int = 1_000_000  # safety cap; the wall-clock budget normally ends a run
     crash_cost: float = 1.0
     workers: int | str = 1  # parallel trials (Dask), or "auto": #GPUs x workers_per_gpu, else the CPU slots
-    workers_per_gpu: int = 4  # trials sharing one GPU under workers: auto (H100: 4 give 3.3x the trials per GPU-day)
+    workers_per_gpu: int | str = 4  # trials sharing one GPU under workers: auto (H100: 4 give 3.3x the trials per GPU-day)
     scheduler: str | None = None  # address of an existing Dask scheduler
 
     def __post_init__(self) -> None:
