@@ -151,7 +151,8 @@ def resolve_workers(workers: int | str, workers_per_gpu: int | str = 1, device: 
     (``runners/packing.py``).
     """
     if workers_per_gpu != "auto" and (not isinstance(workers_per_gpu, int) or workers_per_gpu < 1):
-        raise UserError(f"workers_per_gpu must be a whole number of at least 1 or auto, got {workers_per_gpu!r}")
+        raise UserError(f"workers_per_gpu must be a whole number of at least 1, got {workers_per_gpu!r} "
+                        "(or auto: as many trials as fit into a GPU's memory)")
     if isinstance(workers, str) and workers.strip().lower() == "auto":
         uses_cuda = device == "auto" or str(device).startswith("cuda")
         import torch

@@ -98,3 +98,64 @@ def test_workers_per_gpu_auto_is_accepted_and_means_the_cpu_slots_without_cuda(m
     assert resolve_workers(3, "auto", "cuda") == 3
     with pytest.raises(UserError, match="or auto"):
         resolve_workers("auto", "many", "cuda")
+
+
+class _Value:
+    def __init__(self, error=""):
+        self.additional_info = {"error": error} if error else {}
+
+
+class _Info:
+    def __init__(self, config):
+        self.config, self.seed, self.budget, self.instance = config, 0, 1.0, None
+
+
+class _Future:
+    def __init__(self, result=None, done=True):
+        self._result, self._done = result, done
+
+    def done(self):
+        return self._done
+
+    def result(self):
+        if isinstance(self._result, Exception):
+            raise self._result
+        return self._result
+
+
+class _FakeRunner:
+    """What rerun_alone_if_oom reads of a SMAC Dask runner: pending futures, the client, the single worker."""
+
+    def __init__(self, retry_result, pending):
+        self._pending_trials, self.submitted, self.waited = pending, [], []
+        runner = self
+
+        class Client:
+            def submit(self, fn, trial_info, pure):
+                runner.submitted.append((fn, trial_info))
+                return _Future(retry_result)
+
+        self._client = Client()
+        self._single_worker = type("W", (), {"run_wrapper": staticmethod(lambda **k: None)})()
+
+
+def test_an_oom_trial_runs_again_alone_once():
+    from nexsearch.runners.packing import is_oom_value, rerun_alone_if_oom
+
+    oom = _Value("TrialFailed('oom: out of memory: CUDA out of memory. Tried to allocate 2.00 GiB')")
+    assert is_oom_value(oom) and not is_oom_value(_Value("TrialFailed('crashed: ValueError: x')"))
+    assert not is_oom_value(_Value())
+    info = _Info({"a": 1})
+    ok = (info, _Value())
+    busy = _Future(done=False)
+    runner = _FakeRunner(ok, [busy, _Future()])
+    waited = []
+    assert rerun_alone_if_oom((info, oom), runner, wait=waited.append) is ok  # the retry's result
+    assert waited == [[busy]] and runner.submitted[0][1] is info  # after the others, then alone
+    runner._client.submit = lambda *a, **k: pytest.fail("an OOM trial is retried once only")
+    assert rerun_alone_if_oom((info, oom), runner, wait=waited.append)[1] is oom  # second OOM: recorded failed
+    other = (_Info({"a": 2}), _Value("TrialFailed('crashed: boom')"))
+    assert rerun_alone_if_oom(other, runner, wait=waited.append) is other  # not OOM: as it came
+    lost = _FakeRunner(RuntimeError("worker lost"), [])
+    first = (_Info({"a": 3}), oom)
+    assert rerun_alone_if_oom(first, lost, wait=waited.append) is first  # the retry itself failed: first result

@@ -122,3 +122,33 @@ def paper_proxy_slots(total_mb: float) -> int:
     from nexsearch.search_space.presets import preset
 
     return slots_per_gpu(total_mb, estimate_peak_mb(preset("nexception"), 256))
+
+
+def is_oom_value(value: Any) -> bool:
+    """Whether a SMAC ``TrialValue`` comes from a trial that ran out of memory (``TrialFailed`` of an ``oom``
+    record; SMAC keeps the exception's repr)."""
+    error = str((getattr(value, "additional_info", None) or {}).get("error", ""))
+    return error.startswith(("TrialFailed('oom:", 'TrialFailed("oom:'))
+
+
+def rerun_alone_if_oom(result: tuple[Any, Any], runner: Any, wait: Any = None) -> tuple[Any, Any]:
+    """A Dask runner's finished ``(TrialInfo, TrialValue)``, or for a first out-of-memory failure the result of
+    running it again alone: after the runner's other pending trials finish, with none submitted meanwhile (the
+    caller, SMAC's loop, waits). A retry that fails otherwise (its worker lost) keeps the first result."""
+    info, value = result
+    if not is_oom_value(value):
+        return result
+    retried = runner.__dict__.setdefault("_oom_retried", set())
+    key = (str(dict(info.config)), info.seed, info.budget, info.instance)
+    if not retry_alone({"status": "oom"}, key in retried):
+        return result
+    retried.add(key)
+    if wait is None:
+        from distributed import wait
+    others = [f for f in runner._pending_trials if not f.done()]
+    if others:
+        wait(others)
+    try:
+        return runner._client.submit(runner._single_worker.run_wrapper, trial_info=info, pure=False).result()
+    except Exception:
+        return result

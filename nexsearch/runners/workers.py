@@ -24,6 +24,7 @@ from smac.runhistory import StatusType, TrialInfo, TrialValue
 from smac.runner.dask_runner import DaskParallelRunner
 
 from nexsearch.runners.cluster import NexsearchWorkerPlugin, make_client  # noqa: F401  (used by search.py)
+from nexsearch.runners.packing import rerun_alone_if_oom
 
 
 class RobustDaskRunner(DaskParallelRunner):
@@ -57,7 +58,7 @@ class RobustDaskRunner(DaskParallelRunner):
             info = self._infos.pop(fut.key, None)
             start = self._starts.pop(fut.key, time.time())
             try:
-                self._results_queue.append(fut.result())
+                self._results_queue.append(rerun_alone_if_oom(fut.result(), self))  # out of memory: once alone
             except Exception as exc:  # KilledWorker, a lost connection, a worker-side error outside the trial
                 reason = f"worker process died or was lost ({type(exc).__name__}: {exc})"
                 if info is not None:
