@@ -243,6 +243,10 @@ def _dask_runner(exp: Experiment, spec: Any, rd: RunDir):
     from nexsearch.objectives import target
     from nexsearch.runners.workers import NexsearchWorkerPlugin, RobustDaskRunner, make_client
 
+    if not exp.scheduler and exp.device != "cpu":  # trials sharing a GPU: CUDA MPS where bench trials says it pays
+        from nexsearch.runners.mps import maybe_start_for_run
+
+        maybe_start_for_run(exp.workers)
     client, cluster = make_client(exp.workers, exp.scheduler, str(rd.dask_space))
     client.register_plugin(NexsearchWorkerPlugin(dataclasses.asdict(spec), None if exp.scheduler else exp.workers))
 
