@@ -167,22 +167,41 @@ def evaluate(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch
 
 @torch.no_grad()
 def measure_throughput(model: torch.nn.Module, image_size: int, device: torch.device, settings: TrainSettings,
-                       iters: int | None = None) -> float:
+                       iters: int | None = None, graph: bool = False) -> float:
     """Inference images/s on ``device``: eval mode, random input, one warm-up batch, then ``iters`` timed
     batches (default ``settings.throughput_iters``). The validation pass before it has already run
-    the model in eval mode, so one warm-up batch (for the new batch shape) is enough."""
+    the model in eval mode, so one warm-up batch (for the new batch shape) is enough. ``graph`` (a trial in
+    graph mode, on CUDA): the forward pass is captured once and replayed, so that a small model's figure is
+    not its kernel launches' (falls back to eager batches where the capture fails)."""
     iters = iters or settings.throughput_iters
     model.eval()
     fmt = torch.channels_last if settings.channels_last else torch.contiguous_format
     x = torch.randn(settings.throughput_batch, 3, image_size, image_size, device=device).contiguous(memory_format=fmt)
 
     def forward():
-        with autocast(device, settings.precision):
+        with autocast(device, settings.precision, cache=not graph):
             model(x)
 
-    elapsed = time_total(forward, device, iters, warmup=1)
+    step = _captured(forward, device) if graph and device.type == "cuda" else None
+    elapsed = time_total(step.replay if step is not None else forward, device, iters, warmup=1)
     model.train()
     return settings.throughput_batch * iters / max(elapsed, 1e-9)
+
+
+def _captured(forward, device: torch.device):
+    """``forward`` captured as a CUDA graph after a warm-up call on a side stream, or None where that fails."""
+    try:
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            forward()
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            forward()
+        return graph
+    except Exception:
+        return None
 
 
 def _seed_everything(seed: int) -> None:
@@ -442,7 +461,7 @@ def _train(config, splits, settings, seed, device, run, start, test=False):
                                                  settings.precision)
     short = run.epochs < SHORT_TRIAL_EPOCHS  # a short trial is a cheap estimate: half the timed batches
     iters = max(1, settings.throughput_iters // 2) if short else settings.throughput_iters
-    run.throughput = measure_throughput(net, splits.image_size, device, settings, iters)
+    run.throughput = measure_throughput(net, splits.image_size, device, settings, iters, graph=steps.mode == "graph")
     run.eval_s += time.perf_counter() - eval_start
     run.step_mode, run.step_fallback = steps.mode, steps.fallback
     return status, reason, model, optimizer
