@@ -62,18 +62,19 @@ def check_precision(precision: str) -> str:
     return precision
 
 
-def autocast(device: torch.device, precision: str = "bf16"):
+def autocast(device: torch.device, precision: str = "bf16", cache: bool = True):
     """A context manager running the forward pass in ``precision`` (bf16, fp16, fp32).
 
     Reduced precision is used on CUDA only; on the CPU every precision runs fp32 (CPU autocast
-    is slower than fp32 for these convolutions).
+    is slower than fp32 for these convolutions). ``cache=False`` for a forward pass captured as a
+    CUDA graph (autocast's cache of cast weights must not outlive the capture).
     """
     import torch
 
     dtype = PRECISIONS[check_precision(precision)]
     if dtype is None or device.type != "cuda":
         return nullcontext()
-    return torch.autocast(device_type="cuda", dtype=getattr(torch, dtype))
+    return torch.autocast(device_type="cuda", dtype=getattr(torch, dtype), cache_enabled=cache)
 
 
 def memory_format(name: str) -> torch.memory_format:
@@ -143,19 +144,22 @@ def time_total(step: Callable[[], Any], device: torch.device, iters: int, warmup
     return time.perf_counter() - start
 
 
-def resolve_workers(workers: int | str, workers_per_gpu: int = 1, device: str = "auto") -> int:
+def resolve_workers(workers: int | str, workers_per_gpu: int | str = 1, device: str = "auto") -> int:
     """The number of parallel trial processes: ``workers`` itself, or for ``auto``
     #GPUs x ``workers_per_gpu`` when trials train on CUDA (one GPU for ``cuda:N``), else the CPU slots.
+    ``workers_per_gpu: auto``: as many paper-size proxy trials as fit into each GPU's memory
+    (``runners/packing.py``).
     """
-    if not isinstance(workers_per_gpu, int) or workers_per_gpu < 1:
-        raise UserError(f"workers_per_gpu must be a whole number of at least 1, got {workers_per_gpu!r}")
+    if workers_per_gpu != "auto" and (not isinstance(workers_per_gpu, int) or workers_per_gpu < 1):
+        raise UserError(f"workers_per_gpu must be a whole number of at least 1, got {workers_per_gpu!r} "
+                        "(or auto: as many trials as fit into a GPU's memory)")
     if isinstance(workers, str) and workers.strip().lower() == "auto":
         uses_cuda = device == "auto" or str(device).startswith("cuda")
         import torch
 
         if uses_cuda and torch.cuda.is_available():
-            gpus = 1 if ":" in str(device) else torch.cuda.device_count()
-            return gpus * workers_per_gpu
+            gpus = [int(str(device).split(":")[1])] if ":" in str(device) else range(torch.cuda.device_count())
+            return sum(_per_gpu(workers_per_gpu, gpu) for gpu in gpus)
         return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     try:
         n = int(workers)
@@ -164,3 +168,13 @@ def resolve_workers(workers: int | str, workers_per_gpu: int = 1, device: str = 
     if n < 1:
         raise UserError(f"workers must be at least 1, got {n}")
     return n
+
+
+def _per_gpu(workers_per_gpu: int | str, gpu: int) -> int:
+    if workers_per_gpu != "auto":
+        return int(workers_per_gpu)
+    import torch
+
+    from nexsearch.runners.packing import paper_proxy_slots
+
+    return paper_proxy_slots(torch.cuda.get_device_properties(gpu).total_memory / 2**20)

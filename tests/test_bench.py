@@ -197,13 +197,14 @@ def test_bench_suite_quick_writes_every_file(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     names = [p["part"] for p in summary["parts"]]
-    assert names == ["train_w0.25", "train_w0.125", "infer_channels_last_timm", "infer_channels_last_keep-format",
-                     "infer_contiguous_timm", "infer_contiguous_keep-format", "trials"]
+    assert names == ["train_w0.25", "train_w0.25_eager", "train_w0.125", "infer_channels_last_timm",
+                     "infer_channels_last_keep-format", "infer_contiguous_timm", "infer_contiguous_keep-format", "trials"]
     assert all(p["ok"] for p in summary["parts"])
     parts = {name: json.loads((out / f"{name}.json").read_text()) for name in names}
-    for name in names[:2]:
+    for name in names[:3]:
         assert parts[name]["nexsearch_images_per_s"] > 0 and parts[name]["baseline_images_per_s"] > 0
-    for name in names[2:6]:
+        assert parts[name]["step"] == "eager" and parts[name]["ops_per_step"]["forward"] > 0
+    for name in names[3:7]:
         r = parts[name]
         assert [x["model"] for x in r["results"]] == ["nexception_t", "legacy_xception"]
         assert all(x["images_per_s"] > 0 for x in r["results"])
@@ -211,7 +212,12 @@ def test_bench_suite_quick_writes_every_file(tmp_path):
         assert r["blurpool_keep_format"] == name.endswith("keep-format")
     # bench trials at concurrency 1 and 2 (tiny sizes), through Dask worker processes
     levels = parts["trials"]["levels"]
-    assert [lv["workers"] for lv in levels] == [1, 2] and parts["trials"]["errors"] == []
+    assert [lv["workers"] for lv in levels] == [1, 2] and not any(lv["mps"] or lv["packed"] for lv in levels)
+    # no CUDA: packing by GPU memory and CUDA MPS say why they did not run
+    assert [(e["workers"], e["error"]) for e in parts["trials"]["errors"]] == [
+        ("auto", "UserError: auto: packing by GPU memory needs a CUDA device")]
+    assert parts["trials"]["mps_status"].startswith("not available")
+    assert all(lv["step"] == ["eager"] for lv in levels)
     for lv in levels:
         assert lv["aggregate_images_per_s"] > 0 and lv["first_epoch_s"] > 0 and lv["setup_s"] > 0
         assert lv["peak_memory_mb_per_worker"] > 0 and lv["trials_per_day"] > 0 and lv["devices"] == ["cpu"]
@@ -219,7 +225,7 @@ def test_bench_suite_quick_writes_every_file(tmp_path):
     assert levels[1]["speedup"] == pytest.approx(levels[1]["aggregate_images_per_s"] / levels[0]["aggregate_images_per_s"], rel=1e-2)
     table = (out / "summary.md").read_text()
     assert all(f"| {name} |" in table for name in names) and "FAILED" not in table
-    assert "[7/7] trials" in proc.stdout
+    assert "[8/8] trials" in proc.stdout
 
 
 @pytest.mark.parametrize("workers, per_gpu, device, gpus, expected", [

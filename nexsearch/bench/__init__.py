@@ -58,6 +58,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=20, help="timed optimizer steps per method (default 20)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the plain loop (default 2)")
+    p.add_argument("--step", default="auto", choices=["auto", "eager", "graph", "compile"],
+                   help="the trainer's step: auto (graph on CUDA, eager on CPU), eager, graph (CUDA graph), compile")
+    p.add_argument("--foreach", default="auto", choices=["auto", "true", "false"],
+                   help="LAMB's multi-tensor path (true), single-tensor path (false) or the trainer's choice (auto)")
     _variants(p, "bf16")
     _device(p)
     _json(p)
@@ -67,7 +71,12 @@ def _add_trials(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("trials", help="N proxy trials at once on one device through Dask: aggregate images/s, "
                                       "speed-up and trials per GPU-day for each N")
     _proxy(p, width=1.0, batch_size=256)
-    p.add_argument("--concurrency", default="1,2,4,8", help="comma-separated worker counts (default 1,2,4,8)")
+    p.add_argument("--concurrency", default="1,2,4,8",
+                   help="comma-separated worker counts, auto: as many as fit into the GPU's memory (default 1,2,4,8)")
+    p.add_argument("--mps", default="off", choices=["off", "on", "both"],
+                   help="CUDA MPS: off (default), on, or both (each level without, then with; remembered for run)")
+    p.add_argument("--step", default="auto", choices=["auto", "eager", "graph", "compile"],
+                   help="the trials' train.step (default auto: graph on CUDA, eager on CPU)")
     p.add_argument("--epochs", type=int, default=2, help="epochs per trial; the first is warm-up (default 2)")
     p.add_argument("--images", type=int, default=45000, help="synthetic training images (default 45000)")
     p.add_argument("--image-size", type=int, default=32, help="image side (default 32)")

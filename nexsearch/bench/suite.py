@@ -3,12 +3,14 @@
 Parts, in this order, each written to ``DIR/<part>.json`` as soon as it finishes (so a call
 cut short still leaves what it measured), then ``DIR/summary.json`` and ``DIR/summary.md``:
 
-* ``train_w1.0``, ``train_w0.125`` -- bench train at the paper's proxy width and an eighth of it
-  (``quick``: 0.25 and 0.125)
+* ``train_w1.0``, ``train_w1.0_eager``, ``train_w1.0_compile``, ``train_w0.125`` -- bench train at the paper's
+  proxy width with the trainer's default step (graph on CUDA), eager and torch.compile steps, and at an eighth
+  of the width (``quick``: 0.25 and 0.125); each with the aten ops of one step by phase
 * ``infer_<format>_<blurpool>``     -- bench infer of the presets and timm baselines, channels_last
   and contiguous, timm's BlurPool and the format-keeping one (four parts; the first runs every
   default model, the other three the paper's two ratio pairs, to keep within the time limit)
-* ``trials``                       -- bench trials at concurrency 1, 2, 4, 8
+* ``trials``                       -- bench trials at concurrency 1, 2, 4, 8 and auto (packed by GPU memory),
+  then 4 and 8 under CUDA MPS where its daemon starts (the first-epoch surplus is the capture's cost)
 
 A part that fails (a missing package, out of memory) records its error in its JSON and in the
 summary, and the suite goes on. Every part imports what it needs only when it runs. The
@@ -39,16 +41,16 @@ PAIR_MODELS = ("nexception_t", "legacy_xception", "nexception_tp", "convnext_tin
 def _parts(device: str, quick: bool, time_left: Callable[[], float]) -> list[tuple[str, str, Callable[[], dict]]]:
     """(name, equivalent command, thunk) of every part."""
 
-    def train(width: float) -> Callable[[], dict]:
+    def train(width: float, step: str = "auto") -> Callable[[], dict]:
         def run() -> dict:
             from nexsearch.bench.train import bench_train
             from nexsearch.search_space.presets import preset
 
             if quick:
                 return bench_train(preset("nexception"), steps=2, warmup=1, batch_size=16, width=width, device=device,
-                                   workers=0, image_size=16, num_classes=10)
+                                   workers=0, image_size=16, num_classes=10, step=step)
             return bench_train(preset("nexception"), steps=60, warmup=10, batch_size=256, width=width, device=device,
-                               workers=8)
+                               workers=8, step=step)
         return run
 
     def infer(memory: str, keep_format: bool, models: tuple[str, ...] | None) -> Callable[[], dict]:
@@ -67,14 +69,20 @@ def _parts(device: str, quick: bool, time_left: Callable[[], float]) -> list[tup
 
         progress = (lambda line: print(f"  {line}", flush=True))
         if quick:
-            return bench_trials((1, 2), epochs=2, images=128, image_size=16, classes=10, width=0.125, depth=1,
-                                batch_size=32, device=device, level_timeout_s=time_left, progress=progress)
-        return bench_trials((1, 2, 4, 8), epochs=2, images=20000, trial_images=45000, device=device,
-                            level_timeout_s=time_left, progress=progress)
+            return bench_trials((1, 2, "auto"), epochs=2, images=128, image_size=16, classes=10, width=0.125, depth=1,
+                                batch_size=32, device=device, level_timeout_s=time_left, progress=progress, mps="both",
+                                mps_concurrency=(2,))
+        return bench_trials((1, 2, 4, 8, "auto"), epochs=2, images=20000, trial_images=45000, device=device,
+                            level_timeout_s=time_left, progress=progress, mps="both", mps_concurrency=(4, 8))
 
-    train_cmd = ("nexsearch bench train --width {w} --batch-size 256 --steps 60 --warmup 10 --workers 8"
-                 if not quick else "nexsearch bench train --width {w} --batch-size 16 --steps 2 --warmup 1 --workers 0")
-    parts = [(f"train_w{w}", train_cmd.format(w=w), train(w)) for w in ((0.25, 0.125) if quick else (1.0, 0.125))]
+    train_cmd = ("nexsearch bench train --width {w} --batch-size 256 --steps 60 --warmup 10 --workers 8 --step {s}"
+                 if not quick else "nexsearch bench train --width {w} --batch-size 16 --steps 2 --warmup 1 --workers 0 "
+                                   "--step {s}")
+    w1, w8 = (0.25, 0.125) if quick else (1.0, 0.125)
+    # the paper's proxy with each step mode (auto: graph on CUDA), then an eighth of its width
+    parts = [(f"train_w{w}{'' if s == 'auto' else '_' + s}", train_cmd.format(w=w, s=s), train(w, s))
+             for w, s in ((w1, "auto"), (w1, "eager"), (w1, "compile"), (w8, "auto"))
+             if not (quick and s == "compile")]  # compilation takes minutes on a CPU
     for memory in ("channels_last", "contiguous"):
         for keep in (False, True):
             blur = "keep-format" if keep else "timm"
@@ -84,8 +92,9 @@ def _parts(device: str, quick: bool, time_left: Callable[[], float]) -> list[tup
                    else f"nexsearch bench infer --models {','.join(QUICK_INFER_MODELS)} --batch-size 1 --reps 1 "
                         f"--warmup 1 --input-size 32 --memory-format {memory} --blurpool {blur}")
             parts.append((f"infer_{memory}_{blur}", cmd, infer(memory, keep, models)))
-    parts.append(("trials", "nexsearch bench trials --concurrency 1,2,4,8 --epochs 2 --images 20000 "
-                            "--trial-images 45000" if not quick else "nexsearch bench trials (quick sizes)", trials))
+    parts.append(("trials", "nexsearch bench trials --concurrency 1,2,4,8,auto --epochs 2 --images 20000 "
+                            "--trial-images 45000 --mps both (MPS at 4,8)" if not quick
+                  else "nexsearch bench trials (quick sizes, --mps both)", trials))
     return [(name, f"{cmd} --device {device}", thunk) for name, cmd, thunk in parts]
 
 
@@ -94,15 +103,21 @@ def _headline(name: str, result: dict[str, Any]) -> str:
     if "error" in result:
         return f"FAILED: {result['error']}"
     if name.startswith("train"):
-        return (f"nexsearch {result['nexsearch_images_per_s']:.0f} images/s, plain loop "
-                f"{result['baseline_images_per_s']:.0f}, ratio {result['ratio']:.2f}x")
+        ops = result.get("ops_per_step") or {}
+        return (f"nexsearch {result['nexsearch_images_per_s']:.0f} images/s ({result.get('step')}"
+                + (f", fell back: {result['step_fallback']}" if result.get("step_fallback") else "")
+                + f"), plain loop {result['baseline_images_per_s']:.0f}, ratio {result['ratio']:.2f}x"
+                + (f"; ops/step {ops['total']} (optimizer {ops['optimizer']})" if ops else ""))
     if name.startswith("infer"):
         rows = ", ".join(f"{r['model']} {r['images_per_s']:.0f}" for r in result["results"])
         ratios = ", ".join(f"{r['model']}/{r['baseline']} {r['ratio']:.2f}" for r in result["ratios"])
         return f"{rows} images/s" + (f"; {ratios}" if ratios else "")
     if name == "trials":
-        rows = ", ".join(f"N={r['workers']}: {r['aggregate_images_per_s']:.0f} images/s ({r['speedup']:.2f}x), "
-                         f"{r['trials_per_day']:.0f} trials/day" for r in result["levels"])
+        rows = ", ".join(f"N={r['workers']}{' packed' if r.get('packed') else ''}{' MPS' if r.get('mps') else ''}: "
+                         f"{r['aggregate_images_per_s']:.0f} images/s ({r['speedup']:.2f}x), "
+                         f"{r['trials_per_day']:.0f} trials/day, 1st epoch +{r['first_epoch_s'] - r['steady_epoch_s']:.1f} s"
+                         for r in result["levels"])
+        rows += f"; MPS {result.get('mps_status')}"
         failed = [f"N={e['workers']} failed: {e['error']}" for e in result["errors"]]
         return "; ".join(([rows] if rows else []) + failed)
     return ""

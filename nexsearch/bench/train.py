@@ -26,7 +26,8 @@ from nexsearch.device import (
 )
 from nexsearch.errors import UserError
 from nexsearch.objectives.datasets import TensorData, load_dataset
-from nexsearch.objectives.trainer import DeviceLoader, TrainSettings
+from nexsearch.objectives.step import WARMUP_STEPS, resolve_step
+from nexsearch.objectives.trainer import DeviceLoader, TrainSettings, TrainSteps, loss_fn_of
 from nexsearch.search_space.builder import build_model, use_blurpool
 
 
@@ -77,6 +78,32 @@ def _time_steps(model, batches, steps: int, warmup: int, device, autocast, scale
     return time_total(step, device, steps, warmup)
 
 
+def _time_trainer_steps(model, net, batches, steps: int, warmup: int, device, settings, mode: str):
+    """(seconds for ``steps`` steps after ``warmup`` untimed ones, the steps) of the trainer's own step
+    (``TrainSteps``: eager, compile, or the captured graph, whose capture falls in the warm-up)."""
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import CosineLRScheduler
+
+    from nexsearch.objectives.step import optimizer_foreach
+
+    optimizer = create_optimizer_v2(model, opt="lamb", lr=settings.lr, weight_decay=settings.weight_decay,
+                                    foreach=optimizer_foreach(device.type, settings.foreach))
+    total = warmup + steps
+    scheduler = CosineLRScheduler(optimizer, t_initial=total, lr_min=settings.min_lr, warmup_t=1,
+                                  warmup_lr_init=settings.min_lr, t_in_epochs=False)
+    train = TrainSteps(mode, net, optimizer, scheduler, loss_fn_of(settings), settings, total)
+    model.train()
+    batches = itertools.islice(batches, total)
+    batch = next(batches)
+
+    def step():
+        nonlocal batch
+        train.train(*batch)
+        batch = next(batches, None)
+
+    return time_total(step, device, steps, warmup), train
+
+
 def _cycle(make_iter):
     while True:
         yield from make_iter()
@@ -97,12 +124,18 @@ def bench_train(
     memory: str = "channels_last",
     compile: str | bool = False,
     blurpool_keep_format: bool = True,
+    step: str = "auto",
+    foreach: str = "auto",
+    count_ops: bool = True,
 ) -> dict[str, Any]:
     """Images/s of the nexsearch step and of the plain loop, and their ratio.
 
     ``precision`` (bf16, fp16, fp32; reduced precision on CUDA only), ``memory``
     (channels_last, contiguous), ``compile`` (a torch.compile mode or false) and
-    ``blurpool_keep_format`` apply to the nexsearch side.
+    ``blurpool_keep_format`` apply to the nexsearch side, which runs the trainer's step in the mode ``step``
+    (auto, eager, graph, compile; fp16 runs eagerly with a GradScaler) with LAMB's multi-tensor path
+    (``foreach`` true), its single-tensor path (false) or the trainer's choice (auto). ``count_ops``: also the
+    aten ops of one step by phase and of each LAMB path (``bench/opcount.py``).
     """
     from torchvision import transforms as T
 
@@ -113,7 +146,8 @@ def bench_train(
     splits = load_dataset("synthetic", seed=seed, image_size=image_size, synthetic_size=n,
                           synthetic_classes=num_classes, val_fraction=0.05)
     settings = TrainSettings(batch_size=batch_size, width=width, device=str(dev),
-                             channels_last=fmt == torch.channels_last)
+                             channels_last=fmt == torch.channels_last,
+                             foreach={"true": True, "false": False}.get(str(foreach).lower(), foreach))
 
     def make_model(fmt: torch.memory_format):
         torch.manual_seed(seed)
@@ -126,12 +160,24 @@ def bench_train(
     batches = DeviceLoader(on_device.train, on_device, settings, g)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    mode = "eager" if precision == "fp16" else resolve_step(step, compile, dev.type)
+    if mode == "graph":
+        warmup = max(warmup, WARMUP_STEPS + 1)  # the capture happens in the untimed steps
     model = make_model(fmt)
-    net = maybe_compile(model, compile)
-    nex_scaler = torch.amp.GradScaler("cuda") if dev.type == "cuda" and precision == "fp16" else None
-    t_nex = _time_steps(net, _cycle(lambda: batches.epoch(batch_size)), steps, warmup, dev,
-                        lambda: autocast(dev, precision), nex_scaler, params=model)
+    net = maybe_compile(model, (compile if compile not in (False, "false") else "default") if mode == "compile"
+                        else False)
+    epochs = _cycle(lambda: batches.epoch(batch_size))
+    fallback = None
+    if precision == "fp16":
+        nex_scaler = torch.amp.GradScaler("cuda") if dev.type == "cuda" else None
+        t_nex = _time_steps(net, epochs, steps, warmup, dev, lambda: autocast(dev, precision), nex_scaler,
+                            params=model)
+    else:
+        settings.amp, settings.lr = precision == "bf16", 1e-3
+        t_nex, train = _time_trainer_steps(model, net, epochs, steps, warmup, dev, settings, mode)
+        mode, fallback = train.mode, train.fallback
     del net, model
+    ops = _count_ops(make_model(fmt), batches, batch_size, dev, precision) if count_ops else None
 
     # baseline: PIL + torchvision transforms + DataLoader workers, NCHW, fp32 (CPU) / fp16 AMP (CUDA).
     tf = T.Compose([T.RandomCrop(image_size, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
@@ -160,9 +206,32 @@ def bench_train(
         "precision": precision if dev.type == "cuda" else "fp32",
         "memory_format": memory,
         "compile": compile or False,
+        "step": mode,
+        "step_fallback": fallback,
+        "foreach": foreach,
+        "ops_per_step": ops and ops["step"],
+        "optimizer_ops": ops and ops["optimizer"],
         "blurpool_keep_format": blurpool_keep_format,
         "torch": torch.__version__,
     }
+
+
+def _count_ops(model, loader: DeviceLoader, batch_size: int, dev, precision: str) -> dict[str, Any]:
+    """Aten ops of one step (the second: the first creates LAMB's state) of the trainer's eager path on ``dev``
+    (LAMB as the trainer takes it there) by phase, and of one LAMB step on each path."""
+    from timm.optim import create_optimizer_v2
+
+    from nexsearch.bench.opcount import count_step_ops, optimizer_ops
+    from nexsearch.objectives.step import optimizer_foreach
+
+    opt = create_optimizer_v2(model, opt="lamb", lr=1e-3, weight_decay=0.02, foreach=optimizer_foreach(dev.type))
+    model.train()
+    epoch = loader.epoch(batch_size)
+    for _ in range(2):
+        counts = count_step_ops(model, opt.step, lambda: next(epoch), F.cross_entropy,
+                                lambda: autocast(dev, precision))
+    x, y = next(epoch)
+    return {"step": counts, "optimizer": optimizer_ops(model, x, y)}
 
 
 def main(args: argparse.Namespace) -> int:
@@ -174,15 +243,21 @@ def main(args: argparse.Namespace) -> int:
         raise UserError("--steps must be >= 1, --warmup >= 0, --batch-size >= 2 and --width > 0")
     result = bench_train(
         preset(args.preset), steps=args.steps, warmup=args.warmup, batch_size=args.batch_size, width=args.width,
-        device=args.device, workers=args.workers, **variant_kwargs(args),
+        device=args.device, workers=args.workers, step=args.step, foreach=args.foreach, **variant_kwargs(args),
     )
     if args.json:
         print(json.dumps(result))
         return 0
     print(f"device {result['device']}, proxy '{args.preset}' width {args.width}, batch {args.batch_size}, "
           f"{args.steps} timed steps; nexsearch side: {result['precision']}, {result['memory_format']}, "
-          f"compile {result['compile']}")
+          f"compile {result['compile']}, step {result['step']}"
+          + (f" (fell back: {result['step_fallback']})" if result["step_fallback"] else "")
+          + f", LAMB foreach {result['foreach']}")
     print(f"  nexsearch trainer  {result['nexsearch_images_per_s']:10.1f} images/s")
     print(f"  plain loop         {result['baseline_images_per_s']:10.1f} images/s")
     print(f"  ratio              {result['ratio']:10.2f}x")
+    if result["ops_per_step"]:
+        ops = result["ops_per_step"]
+        print("  aten ops per step  " + ", ".join(f"{k} {v}" for k, v in ops.items()))
+        print("  LAMB step ops      " + ", ".join(f"{k} {v}" for k, v in result["optimizer_ops"].items()))
     return 0

@@ -66,6 +66,8 @@ def _summarise(records: list[dict[str, Any]], n: int, trial_epochs: int, scale: 
         "peak_memory_mb_per_worker": round(max(r["peak_memory_mb"] for r in records), 1),
         "peak_memory_kind": records[0]["peak_memory_kind"],
         "devices": sorted({r["device"] for r in records}),
+        "step": sorted({str(r.get("step")) for r in records}),
+        "step_fallback": sorted({r["step_fallback"] for r in records if r.get("step_fallback")}),
         "projected_trial_s": round(trial_s, 1),
         "trials_per_day": round(n * DAY_S / trial_s, 1),
     }
@@ -127,16 +129,24 @@ def bench_trials(
     trial_images: int | None = None,
     level_timeout_s: float | Callable[[], float] | None = None,  # per level; a callable is asked before each
     progress: Callable[[str], None] | None = None,
+    mps: str = "off",
+    step: str = "auto",
+    mps_concurrency: Sequence[int | str] | None = None,
 ) -> dict[str, Any]:
-    """Trials of the proxy of ``preset_name`` at each concurrency level; one dict with every level."""
+    """Trials of the proxy of ``preset_name`` at each concurrency level (a count, or ``auto``: as many as fit into
+    the GPU's memory); one dict with every level. ``mps``: off, on or both (each level without, then with CUDA MPS
+    where its daemon starts; ``both`` remembers whether MPS paid, for ``run``; ``mps_concurrency``: the levels run
+    with MPS, default all). ``step``: the trials' train.step."""
     import torch
 
     from nexsearch.device import device_name, resolve_device
     from nexsearch.search_space.presets import preset
 
-    if epochs < 2 or images < 2 * batch_size or trial_epochs < 1 or not concurrency or min(concurrency) < 1:
+    counts = [c for c in concurrency if c != "auto"]
+    if epochs < 2 or images < 2 * batch_size or trial_epochs < 1 or not concurrency or (counts and min(counts) < 1) \
+            or mps not in ("off", "on", "both"):
         raise UserError("bench trials needs --epochs >= 2 (the first is warm-up), --images >= 2 x --batch-size, "
-                        "--trial-epochs >= 1 and concurrency levels >= 1")
+                        "--trial-epochs >= 1, concurrency levels >= 1 (or auto) and --mps off, on or both")
     dev = resolve_device(device)
     try:
         import nexsearch.runners.cluster  # noqa: F401
@@ -149,47 +159,92 @@ def bench_trials(
         "synthetic_classes": classes, "objectives": ("error",),
         # cudnn autotuning on as in a long trial: the projection is for trial_epochs-epoch trials
         "train": {"width": width, "depth": depth, "batch_size": batch_size, "device": str(dev), "epochs": epochs,
-                  "cudnn_benchmark": True, "throughput_iters": 2, "throughput_batch": min(256, batch_size)},
+                  "cudnn_benchmark": True, "throughput_iters": 2, "throughput_batch": min(256, batch_size),
+                  "step": step},
     }
     config = preset(preset_name)
-    levels, errors = [], []
-    for n in concurrency:
-        if progress:
-            progress(f"bench trials: {n} worker(s) ...")
-        try:
-            timeout = level_timeout_s() if callable(level_timeout_s) else level_timeout_s
-            if timeout is not None and timeout <= 0:
-                raise TimeoutError("no time left for this level")
-            row = _level(n, spec, config, epochs, trial_epochs, (trial_images or images) / images, timeout)
-        except UserError:
-            raise
-        except Exception as exc:  # one level failing (out of memory, a lost worker) must not lose the others
-            errors.append({"workers": n, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"})
-            if progress:
-                progress(f"bench trials: {n} worker(s) failed: {errors[-1]['error']}")
+    levels, errors, mps_status = [], [], None
+    scale = (trial_images or images) / images
+    for use_mps in {"off": (False,), "on": (True,), "both": (False, True)}[mps]:
+        if not use_mps:
+            _run_levels(concurrency, dev, spec, config, epochs, trial_epochs, scale, level_timeout_s, progress,
+                        levels, errors, False)
             continue
-        levels.append(row)
-        if progress:
-            progress(f"bench trials: {n} worker(s): {row['aggregate_images_per_s']:.0f} images/s, "
-                     f"{row['trials_per_day']:.0f} trials/day")
-    for row in levels:  # over the first level that ran (N=1 normally)
-        row["speedup"] = round(row["aggregate_images_per_s"] / levels[0]["aggregate_images_per_s"], 3)
+        from nexsearch.runners.mps import mps_daemon
+
+        with mps_daemon() as mps_status:
+            if mps_status is None:
+                _run_levels(mps_concurrency or concurrency, dev, spec, config, epochs, trial_epochs, scale, level_timeout_s, progress,
+                            levels, errors, True)
+        if progress and mps_status:
+            progress(f"bench trials: MPS {mps_status}")
+    _speedups(levels)
+    if mps == "both" and mps_status is None:
+        from nexsearch.runners.mps import record_measurement
+
+        record_measurement(device_name(dev), levels)
     return {
         "device": device_name(dev),
         "preset": preset_name, "width": width, "depth": depth, "batch_size": batch_size,
         "train_images": levels[0]["train_images"] if levels else None,
         "image_size": image_size, "classes": classes, "epochs": epochs, "trial_epochs": trial_epochs, "trial_images": trial_images or images,
-        "levels": levels, "errors": errors, "torch": torch.__version__,
+        "levels": levels, "errors": errors, "mps": mps, "mps_status": mps_status or ("used" if mps != "off" else "off"),
+        "torch": torch.__version__,
     }
 
 
-def _levels(text: str) -> list[int]:
+def _speedups(levels: list[dict[str, Any]]) -> None:
+    """Each row's speed-up over the first level that ran (N=1 normally) of the same MPS setting."""
+    for row in levels:
+        first = next(r for r in levels if r["mps"] == row["mps"])
+        row["speedup"] = round(row["aggregate_images_per_s"] / first["aggregate_images_per_s"], 3)
+
+
+def _packed_workers(dev: Any) -> int:
+    """The ``auto`` level: the paper-size trials that fit into the GPU's memory (``workers_per_gpu: auto``)."""
+    if dev.type != "cuda":
+        raise UserError("auto: packing by GPU memory needs a CUDA device")
+    import torch
+
+    from nexsearch.runners.packing import paper_proxy_slots
+
+    return paper_proxy_slots(torch.cuda.get_device_properties(dev).total_memory / 2**20)
+
+
+def _run_levels(concurrency, dev, spec, config, epochs, trial_epochs, scale, level_timeout_s, progress, levels,
+                errors, use_mps: bool) -> None:
+    """Every concurrency level (a count, or ``auto``: packed by memory) once, appending rows or errors."""
+    tag = " with MPS" if use_mps else ""
+    for level in concurrency:
+        if progress:
+            progress(f"bench trials: {level} worker(s){tag} ...")
+        try:
+            n = _packed_workers(dev) if level == "auto" else level
+            timeout = level_timeout_s() if callable(level_timeout_s) else level_timeout_s
+            if timeout is not None and timeout <= 0:
+                raise TimeoutError("no time left for this level")
+            row = _level(n, spec, config, epochs, trial_epochs, scale, timeout)
+        except Exception as exc:  # one level failing (out of memory, a lost worker) must not lose the others
+            errors.append({"workers": level, "mps": use_mps,
+                           "error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"})
+            if progress:
+                progress(f"bench trials: {level} worker(s){tag} failed: {errors[-1]['error']}")
+            continue
+        row.update(mps=use_mps, packed=level == "auto")
+        levels.append(row)
+        if progress:
+            progress(f"bench trials: {n} worker(s){tag}: {row['aggregate_images_per_s']:.0f} images/s, "
+                     f"{row['trials_per_day']:.0f} trials/day")
+
+
+def _levels(text: str) -> list[int | str]:
     try:
-        levels = [int(x) for x in text.split(",") if x.strip()]
+        levels = [x.strip() if x.strip() == "auto" else int(x) for x in text.split(",") if x.strip()]
     except ValueError:
         levels = []
-    if not levels or min(levels) < 1:
-        raise UserError(f"--concurrency must be comma-separated worker counts >= 1, e.g. 1,2,4,8; got '{text}'")
+    if not levels or min([n for n in levels if n != "auto"] or [1]) < 1:
+        raise UserError(f"--concurrency must be comma-separated worker counts >= 1 or auto (packed by GPU memory), "
+                        f"e.g. 1,2,4,8,auto; got '{text}'")
     return levels
 
 
@@ -200,9 +255,11 @@ def print_result(result: dict[str, Any]) -> None:
     print(f"  {'N':>3} {'images/s':>10} {'speed-up':>8} {'1st epoch':>10} {'setup':>7} {'peak MiB':>9} "
           f"{'trials/day':>11} (of {result['trial_epochs']} epochs, {result['trial_images']} images)")
     for r in result["levels"]:
-        print(f"  {r['workers']:>3} {r['aggregate_images_per_s']:>10.0f} {r['speedup']:>7.2f}x "
+        print(f"  {r['workers']:>3}{'M' if r['mps'] else ' '}{'P' if r['packed'] else ' '}"
+              f"{r['aggregate_images_per_s']:>9.0f} {r['speedup']:>7.2f}x "
               f"{r['first_epoch_s']:>9.1f}s {r['setup_s']:>6.1f}s {r['peak_memory_mb_per_worker']:>9.0f} "
               f"{r['trials_per_day']:>11.0f}")
+    print(f"  (M: with CUDA MPS, P: packed by GPU memory; MPS {result['mps_status']})")
     for e in result["errors"]:
         print(f"  {e['workers']:>3} failed: {e['error']}")
 
@@ -213,7 +270,7 @@ def main(args: argparse.Namespace) -> int:
         _levels(args.concurrency), epochs=args.epochs, images=args.images, image_size=args.image_size,
         classes=args.classes, width=args.width, depth=args.depth, batch_size=args.batch_size, device=args.device,
         preset_name=args.preset, trial_epochs=args.trial_epochs, trial_images=args.trial_images,
-        progress=None if args.json else (lambda line: print(line, flush=True)),
+        progress=None if args.json else (lambda line: print(line, flush=True)), mps=args.mps, step=args.step,
     )
     if args.json:
         print(json.dumps(result))

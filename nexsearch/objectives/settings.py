@@ -17,6 +17,7 @@ from nexsearch.objectives.table import objective_names
 
 DATASETS = ("cifar100", "digits", "synthetic", "folder")
 FULL_LAYOUTS = ("t", "s", "tp")  # full-size layouts of full_params / full_macs / full_latency
+STEP_MODES = ("auto", "eager", "graph", "compile")  # TrainSettings.step (objectives/step.py)
 
 
 def check_known(cls: type, values: Mapping[str, Any], what: str) -> None:
@@ -66,6 +67,8 @@ class TrainSettings:
     amp: bool = True  # bf16 autocast on CUDA
     compile: bool | str = False  # false, default, reduce-overhead, max-autotune: torch.compile's mode (~100 s per
     # new architecture on CPU; reduce-overhead uses CUDA graphs on CUDA)
+    step: str = "auto"  # auto (graph on CUDA, compile where compile is set, else eager), eager, graph, compile
+    foreach: bool | str = "auto"  # LAMB's multi-tensor path: auto (on CUDA; on the CPU where measured faster)
     cudnn_benchmark: bool | str = "auto"  # auto: on (CUDA) for trials of SHORT_TRIAL_EPOCHS epochs or more
     time_limit_s: float | None = None  # per trial, enforced between steps
     eval_batch_size: int = 1024
@@ -80,6 +83,10 @@ class TrainSettings:
 
     def __post_init__(self) -> None:
         compile_mode(self.compile)  # a bad mode name -> one-line error
+        if self.foreach not in ("auto", True, False):
+            raise UserError(f"foreach must be auto, true or false, got {self.foreach!r}")
+        if self.step not in STEP_MODES:
+            raise UserError(f"unknown train step '{self.step}': choose one of {', '.join(STEP_MODES)}")
         if self.cudnn_benchmark not in ("auto", True, False):
             raise UserError(f"cudnn_benchmark must be auto, true or false, got {self.cudnn_benchmark!r}")
 

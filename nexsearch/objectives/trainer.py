@@ -32,11 +32,12 @@ import torch
 import torch.nn.functional as F
 
 from nexsearch.device import (  # noqa: F401  (resolve_device: re-exported for callers of the trainer)
-    autocast, maybe_compile, peak_memory_mb, resolve_device, sync, time_total,
+    autocast, compile_mode, maybe_compile, peak_memory_mb, resolve_device, sync, time_total,
 )
 from nexsearch.errors import UserError
 from nexsearch.objectives.datasets import Splits, TensorData
 from nexsearch.objectives.settings import TrainSettings  # noqa: F401  (re-exported: the trainer's settings)
+from nexsearch.objectives.step import GraphStep, StepFallback, cosine_lr_table, optimizer_foreach, resolve_step
 from nexsearch.search_space.builder import build_model, count_params
 from nexsearch.search_space.space import to_dict, validate
 
@@ -166,22 +167,41 @@ def evaluate(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch
 
 @torch.no_grad()
 def measure_throughput(model: torch.nn.Module, image_size: int, device: torch.device, settings: TrainSettings,
-                       iters: int | None = None) -> float:
+                       iters: int | None = None, graph: bool = False) -> float:
     """Inference images/s on ``device``: eval mode, random input, one warm-up batch, then ``iters`` timed
     batches (default ``settings.throughput_iters``). The validation pass before it has already run
-    the model in eval mode, so one warm-up batch (for the new batch shape) is enough."""
+    the model in eval mode, so one warm-up batch (for the new batch shape) is enough. ``graph`` (a trial in
+    graph mode, on CUDA): the forward pass is captured once and replayed, so that a small model's figure is
+    not its kernel launches' (falls back to eager batches where the capture fails)."""
     iters = iters or settings.throughput_iters
     model.eval()
     fmt = torch.channels_last if settings.channels_last else torch.contiguous_format
     x = torch.randn(settings.throughput_batch, 3, image_size, image_size, device=device).contiguous(memory_format=fmt)
 
     def forward():
-        with autocast(device, settings.precision):
+        with autocast(device, settings.precision, cache=not graph):
             model(x)
 
-    elapsed = time_total(forward, device, iters, warmup=1)
+    step = _captured(forward, device) if graph and device.type == "cuda" else None
+    elapsed = time_total(step.replay if step is not None else forward, device, iters, warmup=1)
     model.train()
     return settings.throughput_batch * iters / max(elapsed, 1e-9)
+
+
+def _captured(forward, device: torch.device):
+    """``forward`` captured as a CUDA graph after a warm-up call on a side stream, or None where that fails."""
+    try:
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            forward()
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            forward()
+        return graph
+    except Exception:
+        return None
 
 
 def _seed_everything(seed: int) -> None:
@@ -208,6 +228,8 @@ class _Run:
     val_error: float | None = None
     test_loss: float | None = None
     test_error: float | None = None
+    step_mode: str | None = None  # eager, graph or compile: how the steps ran (objectives/step.py)
+    step_fallback: str | None = None  # why a graph capture fell back to eager steps
 
 
 def train_proxy(
@@ -271,9 +293,83 @@ def train_proxy(
         "peak_memory_kind": peak_kind,
         "device": str(device),
         "curve": run.curve,
+        "step": run.step_mode,
+        "step_fallback": run.step_fallback,
         "config": dict(config),
         **({"test_error": run.test_error if ok else None, "test_loss": run.test_loss if ok else None} if test else {}),
     }
+
+
+def loss_fn_of(settings: TrainSettings):
+    """The training loss of (float logits, labels), or of mixed soft targets where mixup / cutmix is on."""
+    if settings.mixup > 0 or settings.cutmix > 0:
+        from timm.loss import SoftTargetCrossEntropy
+
+        return SoftTargetCrossEntropy()  # mixed targets: timm's soft-target cross-entropy
+    smoothing = settings.label_smoothing
+    return lambda logits, y: F.cross_entropy(logits, y, label_smoothing=smoothing)
+
+
+class TrainSteps:
+    """The training steps of one trial in its step mode: eager (and compile) through timm's optimizer and
+    scheduler, ``graph`` through a captured :class:`GraphStep`, which falls back to eager steps (the reason in
+    ``fallback``) where the capture fails."""
+
+    def __init__(self, mode, net, optimizer, scheduler, loss_fn, settings, total):
+        self.mode, self.fallback = mode, None
+        self.net, self.optimizer, self.scheduler, self.loss_fn, self.settings = net, optimizer, scheduler, loss_fn, settings
+        self.count, self.graph, self._loss_sum = 0, None, None
+        self.table = cosine_lr_table(total, settings.lr, settings.min_lr, scheduler.warmup_t)
+        if mode == "graph" and settings.optimizer != "lamb":
+            self._fall_back(f"the graph step supports the LAMB optimizer only, not '{settings.optimizer}'")
+
+    def _fall_back(self, reason: str) -> None:
+        self.mode, self.fallback = "eager", reason
+        if self.graph is not None:
+            self.graph.sync_optimizer(float(self.table[min(self.count, len(self.table) - 1)]))
+            self._loss_sum = self.graph.take_loss_sum()
+            self.graph = None
+
+    def train(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """One update on the batch ``x`` with labels (or soft targets) ``y``."""
+        if self.mode == "graph":
+            if self.graph is None:
+                self.graph = GraphStep(self.net, self.optimizer, self.table, self.loss_fn, x, y,
+                                       self.settings.precision)
+            self.graph.load(x, y)
+            try:
+                self.graph.run()
+                self.count += 1
+                return
+            except StepFallback as exc:
+                self._fall_back(str(exc))
+        with autocast(x.device, self.settings.precision):
+            logits = self.net(x)
+        loss = self.loss_fn(logits.float(), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.count += 1
+        self.scheduler.step_update(num_updates=self.count)
+        self._loss_sum = loss.detach() if self._loss_sum is None else self._loss_sum + loss.detach()
+
+    def loss_sum(self) -> torch.Tensor:
+        """The summed training loss of this epoch so far (a device tensor)."""
+        own = self._loss_sum if self._loss_sum is not None else torch.zeros(())
+        return own if self.graph is None else self.graph.loss_sum + own.to(self.graph.loss_sum.device)
+
+    def take_loss_sum(self) -> torch.Tensor:
+        total = self.loss_sum()
+        self._loss_sum = None
+        if self.graph is not None:
+            self.graph.loss_sum.zero_()
+        return total
+
+    def lr(self) -> float:
+        """The learning rate of the next update."""
+        if self.mode == "graph":
+            return float(self.table[min(self.count, len(self.table) - 1)])
+        return self.optimizer.param_groups[0]["lr"]
 
 
 def _train(config, splits, settings, seed, device, run, start, test=False):
@@ -291,7 +387,8 @@ def _train(config, splits, settings, seed, device, run, start, test=False):
     if device.type == "cuda":
         bench = settings.cudnn_benchmark
         torch.backends.cudnn.benchmark = run.epochs >= SHORT_TRIAL_EPOCHS if bench == "auto" else bool(bench)
-    net = maybe_compile(model, settings.compile)
+    mode = resolve_step(settings.step, settings.compile, device.type)
+    net = maybe_compile(model, (compile_mode(settings.compile) or "default") if mode == "compile" else False)
 
     from timm.optim import create_optimizer_v2
     from timm.scheduler import CosineLRScheduler
@@ -299,49 +396,38 @@ def _train(config, splits, settings, seed, device, run, start, test=False):
     batch_size = min(settings.batch_size, len(splits.train) - len(splits.train) % 2)
     steps_per_epoch = max(1, len(splits.train) // batch_size)
     total = steps_per_epoch * run.epochs
-    optimizer = create_optimizer_v2(model, opt=settings.optimizer, lr=settings.lr, weight_decay=settings.weight_decay)
+    foreach = optimizer_foreach(device.type, settings.foreach) if settings.optimizer == "lamb" else None
+    optimizer = create_optimizer_v2(model, opt=settings.optimizer, lr=settings.lr, weight_decay=settings.weight_decay,
+                                    foreach=foreach)
     scheduler = CosineLRScheduler(
         optimizer, t_initial=total, lr_min=settings.min_lr, warmup_t=int(round(settings.warmup_frac * total)),
         warmup_lr_init=settings.min_lr, t_in_epochs=False,
     )
+    loss_fn = loss_fn_of(settings)
     mixup = None
     if settings.mixup > 0 or settings.cutmix > 0:
         from timm.data import Mixup
-        from timm.loss import SoftTargetCrossEntropy
 
         mixup = Mixup(mixup_alpha=settings.mixup, cutmix_alpha=settings.cutmix,
                       label_smoothing=settings.label_smoothing, num_classes=splits.num_classes)
-        soft_target_loss = SoftTargetCrossEntropy()  # mixed targets: timm's soft-target cross-entropy
     loader = DeviceLoader(splits.train, splits, settings, g)
-    step, status, reason = 0, "ok", ""
+    steps = TrainSteps(mode, net, optimizer, scheduler, loss_fn, settings, total)
+    status, reason = "ok", ""
     model.train()
     sync(device)
     run.setup_s = time.perf_counter() - start
     for epoch in range(run.epochs):
         epoch_start = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
         n_steps = 0
         for x, y in loader.epoch(batch_size):
-            if mixup is not None:
-                x, target = mixup(x, y)
-            with autocast(device, settings.precision):
-                logits = net(x)
-            if mixup is not None:
-                loss = soft_target_loss(logits.float(), target)
-            else:
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=settings.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
+            steps.train(*(mixup(x, y) if mixup is not None else (x, y)))
             n_steps += 1
-            scheduler.step_update(num_updates=step)
-            loss_sum += loss.detach()
-            if n_steps % 25 == 0 and not torch.isfinite(loss_sum):
+            if n_steps % 25 == 0 and not torch.isfinite(steps.loss_sum()):
                 raise _Diverged(f"non-finite training loss at epoch {epoch + 1}, step {n_steps}")
             if settings.time_limit_s is not None and time.perf_counter() - start > settings.time_limit_s:
                 status = "timeout"
                 break
+        loss_sum = steps.take_loss_sum()
         sync(device)
         epoch_s = time.perf_counter() - epoch_start
         run.train_time_s += epoch_s
@@ -359,7 +445,7 @@ def _train(config, splits, settings, seed, device, run, start, test=False):
         run.epochs_run = epoch + 1 if status == "ok" else epoch + (n_steps / steps_per_epoch)
         run.curve.append({
             "epoch": epoch + 1, "train_loss": train_loss, "val_loss": run.val_loss, "val_error": run.val_error,
-            "lr": optimizer.param_groups[0]["lr"], "time_s": round(time.perf_counter() - start, 4),
+            "lr": steps.lr(), "time_s": round(time.perf_counter() - start, 4),
             "train_s": round(epoch_s, 4), "images": n_steps * batch_size,
             "end_time": time.time(),
         })
@@ -375,7 +461,8 @@ def _train(config, splits, settings, seed, device, run, start, test=False):
                                                  settings.precision)
     short = run.epochs < SHORT_TRIAL_EPOCHS  # a short trial is a cheap estimate: half the timed batches
     iters = max(1, settings.throughput_iters // 2) if short else settings.throughput_iters
-    run.throughput = measure_throughput(net, splits.image_size, device, settings, iters)
+    run.throughput = measure_throughput(net, splits.image_size, device, settings, iters, graph=steps.mode == "graph")
     run.eval_s += time.perf_counter() - eval_start
+    run.step_mode, run.step_fallback = steps.mode, steps.fallback
     return status, reason, model, optimizer
 

@@ -91,7 +91,8 @@ FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "max_trials": _between(1, 1_000_000_000),
     "crash_cost": _between(0, 1e12),
     "workers": _between(1, 4096),
-    "workers_per_gpu": _between(1, 64),
+    "workers_per_gpu": ((lambda v: v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 64)),
+                        "between 1 and 64, or auto (trials packed by GPU memory)"),
 }
 # The same for the ``train:`` block (TrainSettings fields; epochs, crash_cost and device come from the experiment).
 TRAIN_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
@@ -171,7 +172,7 @@ class Experiment(TrialInputs):
     max_trials: int = 1_000_000  # safety cap; the wall-clock budget normally ends a run
     crash_cost: float = 1.0
     workers: int | str = 1  # parallel trials (Dask), or "auto": #GPUs x workers_per_gpu, else the CPU slots
-    workers_per_gpu: int = 4  # trials sharing one GPU under workers: auto (H100: 4 give 3.3x the trials per GPU-day)
+    workers_per_gpu: int | str = 4  # trials sharing one GPU under workers: auto (H100: 4 give 3.3x the trials per GPU-day)
     scheduler: str | None = None  # address of an existing Dask scheduler
     scheduler_security: str | None = None  # YAML file: the TLS files of that scheduler (Dask's tls_* settings)
 

@@ -324,6 +324,10 @@ def _dask_runner(exp: Experiment, spec: Any, rd: RunDir):
     from nexsearch.runners.cluster import NexsearchWorkerPlugin, make_client
     from nexsearch.runners.workers import RobustDaskRunner
 
+    if not exp.scheduler and exp.device != "cpu":  # trials sharing a GPU: CUDA MPS where bench trials says it pays
+        from nexsearch.runners.mps import maybe_start_for_run
+
+        maybe_start_for_run(exp.workers)
     client, cluster = make_client(exp.workers, exp.scheduler, str(rd.dask_space), exp.scheduler_security)
     client.register_plugin(NexsearchWorkerPlugin(dataclasses.asdict(spec), None if exp.scheduler else exp.workers))
 

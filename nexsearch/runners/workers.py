@@ -23,6 +23,8 @@ from distributed import Future
 from smac.runhistory import StatusType, TrialInfo, TrialValue
 from smac.runner.dask_runner import DaskParallelRunner
 
+from nexsearch.runners.packing import rerun_alone_if_oom
+
 
 class RobustDaskRunner(DaskParallelRunner):
     """SMAC's Dask runner, except that a trial whose worker died comes back as CRASHED."""
@@ -55,7 +57,7 @@ class RobustDaskRunner(DaskParallelRunner):
             info = self._infos.pop(fut.key, None)
             start = self._starts.pop(fut.key, time.time())
             try:
-                self._results_queue.append(fut.result())
+                self._results_queue.append(rerun_alone_if_oom(fut.result(), self))  # out of memory: once alone
             except Exception as exc:  # KilledWorker, a lost connection, a worker-side error outside the trial
                 reason = f"worker process died or was lost ({type(exc).__name__}: {exc})"
                 if info is not None:
