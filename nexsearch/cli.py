@@ -82,17 +82,20 @@ def _process_start() -> float:
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run (or resume) a SMAC search under a wall-clock budget")
-    p.add_argument("--budget", required=True, help="wall-clock budget: 45s, 90m, 12h, 3d, 1d12h")
+    p.add_argument("--budget", required=True, help="wall-clock budget: 45s, 90m (90min), 1.5h, 1h30m, 12h, 3d, 1d12h")
     p.add_argument("--config", help="experiment YAML file (default experiments/nexception_cifar100.yaml)")
     p.add_argument("--out", help="run directory (default runs/<experiment name>); the same one resumes")
-    p.add_argument("--dataset", choices=["cifar100", "digits", "synthetic", "folder"])
+    p.add_argument("--dataset", choices=["cifar100", "digits", "synthetic", "folder"],
+                   help="cifar100 (downloads with --download), digits (scikit-learn's 8x8 digits, no download), "
+                        "synthetic (random images, for tests), folder (an ImageFolder tree in --data-dir)")
     p.add_argument("--data-dir", help="folder holding cifar-100-python, or an ImageFolder tree")
     p.add_argument("--test-dir", help="folder dataset: an ImageFolder tree of test images (default: a seeded "
                                       "10%% of --data-dir, test_fraction)")
     p.add_argument("--download", action=argparse.BooleanOptionalAction, default=None,
                    help="download CIFAR-100 into --data-dir if missing (--no-download: never)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="SMAC's seed and the data split's (default 0); a run with another seed "
+                                            "is another run")
     p.add_argument("--optimizer", help="bo, hyperband, random or parego")
     p.add_argument("--min-epochs", type=int, help="smallest budget (hyperband)")
     p.add_argument("--max-epochs", type=int, help="epochs per trial (bo, random, parego); largest budget (hyperband)")

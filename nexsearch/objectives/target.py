@@ -28,8 +28,9 @@ from typing import Any, Mapping
 from nexsearch.objectives.datasets import Splits, load_dataset
 from nexsearch.objectives.full_size import full_size_record
 from nexsearch.objectives.settings import OBJECTIVES, ObjectiveSpec  # noqa: F401  (re-exported)
-from nexsearch.objectives.trainer import resolve_device, train_proxy
-from nexsearch.rundir import append_jsonl  # noqa: F401  (re-exported)
+from nexsearch.objectives.trainer import budget_to_epochs, resolve_device, train_proxy
+from nexsearch.rundir import RunDir, append_jsonl  # noqa: F401  (re-exported)
+from nexsearch.running import TrialProgress
 
 class TrialFailed(RuntimeError):
     """Raised to SMAC for a failed trial: SMAC records it as CRASHED with the finite crash cost."""
@@ -105,7 +106,12 @@ def evaluate_trial(config: Any, seed: int = 0, budget: float | None = None) -> t
                   "end_time": time.time(), "host": socket.gethostname(), "pid": os.getpid()}, spec)
         by_deadline = settings.time_limit_s is None or left < settings.time_limit_s
         settings.time_limit_s = left if settings.time_limit_s is None else min(settings.time_limit_s, left)
-    record = train_proxy(dict(config), splits, settings, seed=int(seed), budget=budget)
+    progress = TrialProgress(RunDir.of_trials(spec.trials_path) if spec.trials_path else None, dict(config),
+                             int(seed), budget, budget_to_epochs(budget, settings.epochs))
+    try:  # the live view and `nexsearch status` read the progress file while the trial trains
+        record = train_proxy(dict(config), splits, settings, seed=int(seed), budget=budget, on_epoch=progress.epoch)
+    finally:
+        progress.close()
     record.update(full_size_record(record, spec.full_layout, "full_latency" in spec.objectives, spec.latency_cache,
                                    settings.crash_cost))
     record.update(start_time=started, end_time=time.time(), host=socket.gethostname(), pid=os.getpid())

@@ -1,4 +1,4 @@
-"""Wall-clock budgets written like ``45s``, ``90m``, ``12h``, ``3d`` or ``1d12h``."""
+"""Wall-clock budgets written like ``45s``, ``90m`` (or ``90min``), ``1.5h``, ``1h30m``, ``3d`` or ``1d12h``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import re
 from nexsearch.errors import UserError
 
 _UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
-_PART = re.compile(r"(\d+(?:\.\d+)?)([dhms])")
+# longer unit words first: ``90min`` is 90 minutes, ``2hours`` two hours (the first letter names the unit)
+_PART = re.compile(r"(\d+(?:\.\d+)?)(days?|hours?|hrs?|minutes?|mins?|seconds?|secs?|[dhms])")
 
 
 def parse_budget(text: str | int | float) -> float:
@@ -22,14 +23,15 @@ def parse_budget(text: str | int | float) -> float:
             seconds = float(s)
         else:
             parts = _PART.findall(s)
-            units = [u for _, u in parts]
+            units = [u[0] for _, u in parts]
             if not parts or "".join(n + u for n, u in parts) != s or len(set(units)) != len(units) or units != sorted(
                 units, key=list(_UNITS).index
             ):
                 raise UserError(
-                    f"bad budget '{text}': write a duration like 45s, 90m, 12h, 3d or 1d12h (units d, h, m, s, largest first)"
+                    f"bad budget '{text}': write a duration like 45s, 90m, 90min, 1.5h, 1h30m, 3d or 1d12h "
+                    "(units d, h, m or min, s; largest first)"
                 )
-            seconds = sum(float(n) * _UNITS[u] for n, u in parts)
+            seconds = sum(float(n) * _UNITS[u[0]] for n, u in parts)
     if seconds <= 0:
         raise UserError(f"bad budget '{text}': it must be longer than zero")
     return seconds

@@ -194,10 +194,13 @@ def _search(exp: Experiment, rd: RunDir, resumed: bool, state: Heartbeat, consol
             def runner_factory(scenario, required):
                 return SerialRunner(scenario, target.target_function, required_arguments=required)
 
+            _serial_threads(exp)
+
             def running() -> int:
                 return 0
+        rd.clear_progress()  # left by processes a kill ended
         progress = ProgressView(console, budget_s, used_before, running=lambda: running(),
-                                should_stop=lambda: state.used() >= budget_s, objectives=exp.objectives)
+                                should_stop=lambda: state.used() >= budget_s, objectives=exp.objectives, run_dir=rd)
         progress.started = state.t0
         smac = build_smac(exp, rd.path, runner_factory, [progress], console=console)
         if exp.workers > 1 or exp.scheduler:
@@ -235,6 +238,18 @@ def _search(exp: Experiment, rd: RunDir, resumed: bool, state: Heartbeat, consol
             client.close()
         if cluster is not None:
             cluster.close()
+
+
+def _serial_threads(exp: Experiment) -> None:
+    """Trials on the CPU in this process get every CPU slot, as each of n local Dask workers gets 1/n of them."""
+    import os
+
+    import torch
+
+    from nexsearch.objectives.trainer import resolve_device
+
+    if resolve_device(exp.device).type == "cpu":
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
 
 
 def _dask_runner(exp: Experiment, spec: Any, rd: RunDir):

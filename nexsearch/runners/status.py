@@ -22,6 +22,33 @@ def _union_seconds(intervals: list[tuple[float, float]]) -> float:
     return total
 
 
+def _running_trials(rd: RunDir, trials: list[dict[str, Any]], configs: dict[str, Any], now: float
+                    ) -> list[dict[str, Any]]:
+    """The running trials' progress files, each matched to its trial number in SMAC's records."""
+    from nexsearch.running import key_text, running_rows, trial_key
+
+    numbers = {trial_key(configs.get(str(t["config_id"]), {}), t["budget"], t["seed"]): t["trial"]
+               for t in trials if t["status_name"] == "running"}
+    asked = rd.read_asked()  # the search's numbers of trials that SMAC's files do not name yet
+    return running_rows(rd.read_progress(), lambda key: numbers.get(key) or asked.get(key_text(key)), now)
+
+
+def _idle_time(info: dict[str, Any], rd: RunDir, state: dict[str, Any], done: list[dict[str, Any]],
+               now: float) -> None:
+    """Wall time of the run's sessions in which no trial was running (SMAC's overhead, start-up, the end):
+    trials from SMAC's records and the trial log (cut ones too), running ones up to now."""
+    intervals = [(t["starttime"], t["endtime"]) for t in done if t.get("starttime") and t.get("endtime")]
+    intervals += [(r["start_time"], r["end_time"]) for r in rd.read_trials() if r.get("start_time") and r.get("end_time")]
+    intervals += [(now - r["elapsed_s"], now) for r in info["running_trials"]]
+    sessions = [(s["started_at"], s.get("ended_at") or now) for s in state.get("sessions", []) if s.get("started_at")]
+    if sessions:  # only time in which the run was alive
+        intervals = [(max(a, s0), min(b, s1)) for a, b in intervals for s0, s1 in sessions if min(b, s1) > max(a, s0)]
+    busy = min(_union_seconds(intervals), info["used_s"])
+    info["trial_time_s"] = busy
+    info["overhead_s"] = max(0.0, info["used_s"] - busy)
+    info["overhead_frac"] = info["overhead_s"] / info["used_s"]
+
+
 def run_status(run_dir: str | Path) -> dict[str, Any]:
     rd = RunDir(run_dir).require_dir()
     run_dir = rd.path
@@ -49,13 +76,10 @@ def run_status(run_dir: str | Path) -> dict[str, Any]:
         "failures": [{"trial": t["trial"], "status": t["status_name"],
                       "reason": (t.get("additional_info") or {}).get("error", "")} for t in done if t not in ok],
     }
-    # SMAC's overhead: wall time in which no trial was running.
-    intervals = [(t["starttime"], t["endtime"]) for t in done if t.get("starttime") and t.get("endtime")]
+    now = time.time()
+    info["running_trials"] = _running_trials(rd, trials, configs, now) if alive else []
     if info["used_s"]:
-        busy = _union_seconds(intervals)
-        info["trial_time_s"] = busy
-        info["overhead_s"] = max(0.0, info["used_s"] - busy)
-        info["overhead_frac"] = info["overhead_s"] / info["used_s"]
+        _idle_time(info, rd, state, done, now)
 
     if ok and len(objectives) == 1:
         best = incumbent(ok)
@@ -96,12 +120,16 @@ def print_status(run_dir: str | Path) -> dict[str, Any]:
         t.add_row("budget used", f"{format_duration(used)} of {format_duration(info['budget_s'])}")
         t.add_row("budget left", format_duration(max(0.0, info["budget_s"] - used)))
     if "overhead_s" in info:
-        t.add_row("SMAC overhead", f"{format_duration(info['overhead_s'])} ({100 * info['overhead_frac']:.1f}% of wall time"
-                  " with no trial running)")
+        t.add_row("no trial running", f"{format_duration(info['overhead_s'])} ({100 * info['overhead_frac']:.1f}% of "
+                  "the time used: SMAC, start-up, waiting)")
     console = Console()
     for note in info["notes"]:
         Console(stderr=True).print(f"note: {note}", highlight=False, soft_wrap=True)
     console.print(t)
+    from nexsearch.running import row_line
+
+    for row in info["running_trials"]:
+        console.print("running: " + row_line(row), highlight=False, markup=False, soft_wrap=True)
     for f in info["failures"][-5:]:
         console.print(f"failed trial {f['trial']} ({f['status']}): {f['reason']}", highlight=False, soft_wrap=True)
     if "evaluation" in info:
