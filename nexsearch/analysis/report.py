@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import time as _time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -57,6 +58,8 @@ def run_facts(run: "Run") -> dict[str, Any]:
         "budget_s": run.state.get("budget_s"), "used_s": run.used_s,
         "trials": len(t), "successful": len(run.successful), "failed": len(failed),
         "running": run.unfinished,  # RUNNING entries: in flight, or interrupted and evaluated again on resume
+        "unfinished_are": "running" if run.state.get("status") == "running" and _time.time() - run.state.get(
+            "updated_at", 0) < 30 else "cut by the budget's end or a kill (no result; evaluated again on resume)",
         "trials_per_hour": finished / _hours(run.used_s) if run.used_s > 0 else float("nan"),
         "failure_reasons": (failed["reason"].replace("", "(no reason recorded)").value_counts().to_dict()
                             if len(failed) else {}),
@@ -99,7 +102,7 @@ def _summary_table(facts: dict[str, Any]) -> pd.DataFrame:
         ("dataset", facts["dataset"]), ("objectives", ", ".join(facts["objectives"])),
         ("budget used", f"{_duration(facts['used_s'])} of {_duration(facts['budget_s'])}"),
         ("trials", f"{facts['trials']} ({facts['successful']} successful, {facts['failed']} failed"
-                   + (f", {facts['running']} running" if facts["running"] else "") + ")"),
+                   + (f", {facts['running']} {facts['unfinished_are']}" if facts["running"] else "") + ")"),
         ("trials per hour", f"{facts['trials_per_hour']:.1f}"),
     ]
     inc = facts.get("incumbent")
@@ -129,6 +132,7 @@ def analyze(run_dir: str | Path, out: str | Path | None = None, top: int = 5) ->
     from nexsearch.analysis.plots import (
         plot_budget_correlation, plot_importance, plot_learning_curves, plot_pareto, plot_trajectories,
     )
+    from nexsearch.analysis import interactive
     from nexsearch.analysis.run import load_run
 
     run = load_run(run_dir)
@@ -152,6 +156,8 @@ def analyze(run_dir: str | Path, out: str | Path | None = None, top: int = 5) ->
     page.heading("Incumbent", 3)
     page.table(pd.DataFrame({"value": {**inc["config"], **inc["metrics"]}}).rename_axis("").reset_index(),
                "incumbent", index=False)
+    page.heading("Which configuration nexsearch export takes", 3)
+    page.table(interactive.winner_table(run_dir, facts), "winner", index=False, header=False)
     page.heading("Failures", 3)
     failures = _failures_table(run)
     if failures.empty:
@@ -162,6 +168,7 @@ def analyze(run_dir: str | Path, out: str | Path | None = None, top: int = 5) ->
     page.text("Local parameter importance (LPI: the variance of the predicted error around the incumbent, one "
               "hyperparameter changed at a time) and fANOVA (the share of the error's variance over the whole space). "
               + ("One bar colour per budget, as in the paper's Figure 4." if run.multi_fidelity else ""))
+    importances = {}
     for method in METHODS:
         page.heading(method.upper() if method == "lpi" else "fANOVA", 3)
         try:
@@ -172,6 +179,7 @@ def analyze(run_dir: str | Path, out: str | Path | None = None, top: int = 5) ->
             page.text(note, cls="note")
             continue
         imp = imp[imp["budget"].map(lambda b: b != "combined")].reset_index(drop=True)
+        importances[method] = imp
         imp.to_csv(out / f"importance_{method}.csv", index=False)
         files[f"importance_{method}"] = str(out / f"importance_{method}.csv")
         files[f"importance_{method}_plot"] = _write_figure(
@@ -181,6 +189,8 @@ def analyze(run_dir: str | Path, out: str | Path | None = None, top: int = 5) ->
         highest = imp[imp["budget"].map(str) == str(imp["budget"].iloc[-1])] if run.multi_fidelity else imp
         facts[f"top_{method}"] = highest.sort_values("importance", ascending=False).head(top)[
             ["hyperparameter", "importance"]].to_dict("records")
+
+    interactive.add_section(page, run, importances, top)
 
     page.section("Trials and incumbent over time", "trajectory")
     files["trajectory_plot"] = _write_figure(page, plot_trajectories([run], run.objectives[0]),
@@ -221,9 +231,9 @@ def analyze(run_dir: str | Path, out: str | Path | None = None, top: int = 5) ->
     if evaluation.exists():
         page.section("Evaluation", "evaluation")
         try:
-            page.table(pd.read_csv(evaluation), "evaluation", index=False)
+            interactive.evaluation_section(page, run_dir, evaluation)
             page.text(f"From {evaluation}.")
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, KeyError) as exc:
             notes.append(f"{evaluation} could not be read: {exc}")
             page.text(notes[-1], cls="note")
 
