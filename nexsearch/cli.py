@@ -57,7 +57,7 @@ def _run(args: argparse.Namespace) -> int:
         "output_dir": args.out, "optimizer": args.optimizer, "min_epochs": args.min_epochs,
         "max_epochs": args.max_epochs, "objectives": args.objectives, "workers": args.workers,
         "scheduler": args.scheduler, "download": args.download, "workers_per_gpu": args.workers_per_gpu,
-        "test_dir": args.test_dir,
+        "test_dir": args.test_dir, "tensorboard": args.tensorboard,
     }
     run_search(load_experiment(args.config, overrides), budget, started_at=started_at)
     return 0
@@ -105,6 +105,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers-per-gpu", type=int, help="trials sharing each GPU under --workers auto (default 4; "
                                                        "pick it with nexsearch bench trials)")
     p.add_argument("--scheduler", help="address of an existing Dask scheduler to join (e.g. tcp://host:8786)")
+    p.add_argument("--tensorboard", action="store_true", default=None,
+                   help="write each trial's curve and configuration under RUN_DIR/tensorboard/ (needs tensorboard)")
     p.set_defaults(func=_run)
 
 
@@ -187,6 +189,12 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 def _analyze(args: argparse.Namespace) -> int:
     from nexsearch.analysis.report import analyze, compare, print_comparison, print_summary
 
+    if args.tensorboard:
+        from nexsearch.tensorboard import write_run
+
+        for run_dir in args.run_dir:
+            written = write_run(run_dir)
+            print(f"wrote tensorboard: {written['tensorboard']} ({written['trials']} trials)")
     if len(args.run_dir) == 1:
         print_summary(analyze(args.run_dir[0], args.out, top=args.top))
     elif not args.out:
@@ -202,6 +210,8 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", nargs="+", help="the run directory; several (with --out) to compare them")
     p.add_argument("--out", help="output folder (default RUN_DIR/analysis; required to compare runs)")
     p.add_argument("--top", type=int, default=5, help="hyperparameters and learning curves to show (default 5)")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write every trial under RUN_DIR/tensorboard/ for TensorBoard (needs tensorboard)")
     p.set_defaults(func=_analyze)
 
 

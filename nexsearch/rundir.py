@@ -10,6 +10,7 @@
     RUN_DIR/.lock                   held by the search that runs in this directory
     RUN_DIR/dask-worker-space/      Dask workers' scratch space
     RUN_DIR/progress/HOST-PID.json  the trial running in that process: epoch, last validation error (live view)
+    RUN_DIR/tensorboard/            --tensorboard: a folder per trial (nexsearch/tensorboard.py)
     RUN_DIR/smac/<seed>/            SMAC's own files: runhistory.json, configspace.json, scenario.json,
                                     intensifier.json, optimization.json (what DeepCAVE opens)
     RUN_DIR/smac/<seed>/.nexsearch-backup/   the last complete copy of SMAC's state files
@@ -344,6 +345,7 @@ class RunDir:
     SMAC = "smac"
     EVALUATION = "evaluation"
     PROGRESS = "progress"
+    TENSORBOARD = "tensorboard"
     ASKED = "asked.numbers"  # in progress/: trial numbers of the running trials (not a *.json progress file)
 
     def __init__(self, path: str | Path):
@@ -383,6 +385,10 @@ class RunDir:
     @property
     def progress(self) -> Path:
         return self.path / self.PROGRESS
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / self.TENSORBOARD
 
     @classmethod
     def of_trials(cls, trials_path: str | Path) -> "RunDir":

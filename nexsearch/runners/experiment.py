@@ -43,7 +43,8 @@ EXPERIMENTS_DIR = _experiments_dir()
 TRAIN_FROM_EXPERIMENT = {"epochs": "max_epochs", "crash_cost": "crash_cost", "device": "device"}
 
 # May differ between the original run and a resume.
-EXECUTION_FIELDS = ("workers", "workers_per_gpu", "scheduler", "device", "output_dir", "data_dir", "download")
+EXECUTION_FIELDS = ("workers", "workers_per_gpu", "scheduler", "device", "output_dir", "data_dir", "download",
+                    "tensorboard")
 
 
 def _device_name(value: str) -> bool:
@@ -161,6 +162,7 @@ class Experiment(TrialInputs):
     workers: int | str = 1  # parallel trials (Dask), or "auto": #GPUs x workers_per_gpu, else the CPU slots
     workers_per_gpu: int = 4  # trials sharing one GPU under workers: auto (H100: 4 give 3.3x the trials per GPU-day)
     scheduler: str | None = None  # address of an existing Dask scheduler
+    tensorboard: bool = False  # write each trial under RUN_DIR/tensorboard/ (nexsearch/tensorboard.py)
 
     def __post_init__(self) -> None:
         if isinstance(self.objectives, str):

@@ -79,6 +79,10 @@ def check_experiment(exp: Experiment) -> None:
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise UserError(f"device '{exp.device}' asked for, but there are {torch.cuda.device_count()} CUDA devices")
     check_fits(exp.objectives, exp.full_layout, exp.device)  # full_latency: the full-size models fit on the device
+    if exp.tensorboard:
+        from nexsearch.tensorboard import require_tensorboard
+
+        require_tensorboard()
     target.configure(exp.objective_spec(None))
     spec, splits = target.loaded()
     if len(splits.train) < 2 or len(splits.val) < 1:
@@ -202,6 +206,10 @@ def _search(exp: Experiment, rd: RunDir, resumed: bool, state: Heartbeat, consol
         progress = ProgressView(console, budget_s, used_before, running=lambda: running(),
                                 should_stop=lambda: state.used() >= budget_s, objectives=exp.objectives, run_dir=rd)
         progress.started = state.t0
+        if exp.tensorboard:
+            from nexsearch.tensorboard import TrialBoard
+
+            progress.listeners.append(TrialBoard(rd.tensorboard).told)
         smac = build_smac(exp, rd.path, runner_factory, [progress], console=console)
         if exp.workers > 1 or exp.scheduler:
             running = lambda: len(smac._runner._pending_trials)  # noqa: E731
