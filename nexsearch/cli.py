@@ -57,7 +57,7 @@ def _run(args: argparse.Namespace) -> int:
         "output_dir": args.out, "optimizer": args.optimizer, "min_epochs": args.min_epochs,
         "max_epochs": args.max_epochs, "objectives": args.objectives, "workers": args.workers,
         "scheduler": args.scheduler, "download": args.download, "workers_per_gpu": args.workers_per_gpu,
-        "test_dir": args.test_dir, "scheduler_security": args.scheduler_security,
+        "test_dir": args.test_dir, "scheduler_security": args.scheduler_security, "tensorboard": args.tensorboard,
     }
     run_search(load_experiment(args.config, overrides), budget, started_at=started_at)
     return 0
@@ -86,17 +86,20 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     from nexsearch.runners.optimizers import OPTIMIZERS
 
     p = sub.add_parser("run", help="run (or resume) a SMAC search under a wall-clock budget")
-    p.add_argument("--budget", required=True, help="wall-clock budget: 45s, 90m, 12h, 3d, 1d12h")
+    p.add_argument("--budget", required=True, help="wall-clock budget: 45s, 90m (90min), 1.5h, 1h30m, 12h, 3d, 1d12h")
     p.add_argument("--config", help="experiment YAML file (default experiments/nexception_cifar100.yaml)")
     p.add_argument("--out", help="run directory (default runs/<experiment name>); the same one resumes")
-    p.add_argument("--dataset", choices=DATASETS)
+    p.add_argument("--dataset", choices=DATASETS,
+                   help="cifar100 (downloads with --download), digits (scikit-learn's 8x8 digits, no download), "
+                        "synthetic (random images, for tests), folder (an ImageFolder tree in --data-dir)")
     p.add_argument("--data-dir", help="folder holding cifar-100-python, or an ImageFolder tree")
     p.add_argument("--test-dir", help="folder dataset: an ImageFolder tree of test images (default: a seeded "
                                       "10%% of --data-dir, test_fraction)")
     p.add_argument("--download", action=argparse.BooleanOptionalAction, default=None,
                    help="download CIFAR-100 into --data-dir if missing (--no-download: never)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="SMAC's seed and the data split's (default 0); a run with another seed "
+                                            "is another run")
     p.add_argument("--optimizer", help=f"{', '.join(OPTIMIZERS)}")
     p.add_argument("--min-epochs", type=int, help="smallest budget (hyperband)")
     p.add_argument("--max-epochs", type=int, help="epochs per trial (bo, random, parego); largest budget (hyperband)")
@@ -109,6 +112,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scheduler", help="address of an existing Dask scheduler to join (e.g. tls://host:8786)")
     p.add_argument("--scheduler-security", metavar="FILE", help="YAML with tls_ca_file, tls_client_cert, "
                    "tls_client_key for --scheduler (default: Dask's distributed.comm.tls configuration)")
+    p.add_argument("--tensorboard", action="store_true", default=None,
+                   help="write each trial's curve and configuration under RUN_DIR/tensorboard/ (needs tensorboard)")
     p.set_defaults(func=_run)
 
 
@@ -194,6 +199,12 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 def _analyze(args: argparse.Namespace) -> int:
     from nexsearch.analysis.report import analyze, compare, print_comparison, print_summary
 
+    if args.tensorboard:
+        from nexsearch.tensorboard import write_run
+
+        for run_dir in args.run_dir:
+            written = write_run(run_dir)
+            print(f"wrote tensorboard: {written['tensorboard']} ({written['trials']} trials)")
     if len(args.run_dir) == 1:
         print_summary(analyze(args.run_dir[0], args.out, top=args.top))
     elif not args.out:
@@ -209,6 +220,8 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", nargs="+", help="the run directory; several (with --out) to compare them")
     p.add_argument("--out", help="output folder (default RUN_DIR/analysis; required to compare runs)")
     p.add_argument("--top", type=int, default=5, help="hyperparameters and learning curves to show (default 5)")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write every trial under RUN_DIR/tensorboard/ for TensorBoard (needs tensorboard)")
     p.set_defaults(func=_analyze)
 
 

@@ -2,7 +2,8 @@
 
 ``export_model`` writes, each under a temporary name and then renamed (never half-written):
 
-* ``NAME.safetensors`` -- the initialised weights;
+* ``NAME.safetensors`` -- the initialised weights: UNTRAINED (the search chose an architecture; the sidecar's
+  ``weights`` and the card say so, and the card gives the command that trains them);
 * ``NAME.json``        -- the sidecar: configuration, layout (size), input size, class count,
   parameters, MACs and the source (run directory and trial, or preset);
 * ``NAME.md``          -- a model card with the full-size training command (paper table 1);
@@ -90,16 +91,56 @@ def _atomic_write(path: Path, write) -> None:
         raise UserError(f"cannot write {path} ({reason}): choose another --out") from None
 
 
+UNTRAINED = "untrained: initialised weights, not trained on any data (train them with the model card's command)"
+
+
+def chosen_on(source: dict[str, Any]) -> dict[str, Any] | None:
+    """What a run's configuration was chosen on: its dataset, image size, epochs per trial, search budget."""
+    if "run_dir" not in source:
+        return None
+    from nexsearch.rundir import RunDir
+    from nexsearch.runners.experiment import read_saved_experiment
+
+    rd = RunDir(source["run_dir"])
+    try:
+        exp = read_saved_experiment(rd)
+    except (OSError, UserError):
+        return None
+    return {"dataset": exp.dataset, "image_size": exp.image_size, "max_epochs": exp.max_epochs,
+            "search_budget_s": rd.read_state().get("budget_s")}
+
+
+def source_line(source: dict[str, Any], chosen: dict[str, Any] | None) -> str:
+    """The card's ``source:`` line, in words."""
+    from nexsearch.runners.budget import format_duration
+
+    if "run_dir" not in source:
+        return f"the paper's preset '{source.get('preset')}'"
+    what = (f"preset '{source['preset']}' as evaluated in" if source.get("preset") else f"trial {source['trial']} of")
+    text = f"{what} the run {source['run_dir']}"
+    if source.get("val_error") is not None:
+        text += f" (validation error {source['val_error']:.4f}"
+        text += f", mean of {source['evaluation']['seeds_done']} evaluation seeds)" if source.get("evaluation") else ")"
+    if chosen:
+        budget = chosen.get("search_budget_s")
+        text += (f"; chosen on {chosen['dataset']} at {chosen['image_size']}x{chosen['image_size']}, proxy trials of "
+                 f"up to {chosen['max_epochs']} epochs" + (f", a {format_duration(budget)} search" if budget else ""))
+    return text
+
+
 def model_card(meta: dict[str, Any], weights: Path) -> str:
     lr, batch = RECIPE.get(meta["size"], RECIPE["t"])
     cfg = meta["config"]
     lines = [
         f"# {weights.stem}: NEXcepTion design space, layout '{meta['size']}'",
         "",
+        f"**The weights are untrained** (initialised with seed {meta['weights']['seed']}): this file is an "
+        "architecture found by a search, to be trained with the command below.",
+        "",
         f"- parameters: {meta['params']:,} ({meta['params'] / 1e6:.2f}M)",
         f"- multiply-accumulates at {meta['input_size']}x{meta['input_size']}: {meta['macs'] / 1e9:.2f}G",
         f"- classes: {meta['num_classes']}; input {meta['input_size']}x{meta['input_size']}",
-        f"- source: {json.dumps(meta['source'])}",
+        f"- source: {source_line(meta['source'], meta.get('chosen_on'))}",
         "",
         "## Design choices",
         "",
@@ -109,10 +150,12 @@ def model_card(meta: dict[str, Any], weights: Path) -> str:
         "",
         "## Training (paper table 1, with timm's train.py)",
         "",
-        "Add `import nexsearch` at the top of timm's train.py (it registers `nexsearch_net`), then:",
+        "timm's own train.py (from a clone of pytorch-image-models), run through nexsearch's launcher, which "
+        "registers `nexsearch_net` first:",
         "",
         "```",
-        f"python train.py /path/to/imagenet --model nexsearch_net --model-kwargs config={weights.with_suffix('.json')} \\",
+        "python -m nexsearch.timm_train path/to/pytorch-image-models/train.py /path/to/imagenet \\",
+        f"  --model nexsearch_net --model-kwargs config={weights.with_suffix('.json')} \\",
         f"  --img-size {meta['input_size']} --opt lamb --lr {lr:g} --weight-decay 0.02 --batch-size {batch} \\",
         "  --epochs 300 --sched cosine --warmup-epochs 5 --min-lr 1e-6 --aa rand-m7-mstd0.5 \\",
         "  --mixup 0.1 --cutmix 1.0 --reprob 0.0 --smoothing 0.0 --bce-loss --drop-path 0.05 \\",
@@ -193,6 +236,8 @@ def export_model(
         "params": count_params(model),
         "macs": count_macs(model, layout.input_size),
         "source": source,
+        "chosen_on": chosen_on(source),
+        "weights": {"trained": False, "seed": seed, "note": UNTRAINED},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     card = model_card(meta, out)
@@ -258,7 +303,8 @@ def read_sidecar(path: str | Path) -> tuple[Path, dict[str, Any]]:
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> NexNet:
-    """Rebuild an exported model from NAME.safetensors + NAME.json (eval mode)."""
+    """Rebuild an exported model from NAME.safetensors + NAME.json (eval mode). An export's weights are
+    untrained (initialised): a ``UserWarning`` says so, and ``model.nexsearch_meta`` holds the sidecar."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -273,4 +319,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> NexNet:
     except RuntimeError as exc:
         raise UserError(f"{weights} does not match its sidecar {weights.with_suffix('.json')}: "
                         f"{str(exc).splitlines()[0]}") from None
+    if not (meta.get("weights") or {}).get("trained", True):
+        import warnings
+
+        warnings.warn(f"{weights.name}: {UNTRAINED}", UserWarning, stacklevel=2)
+    model.nexsearch_meta = meta
     return model.to(device).eval()

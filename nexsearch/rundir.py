@@ -9,6 +9,8 @@
     RUN_DIR/full_latency.jsonl      the full_latency objective's cache (per configuration and device)
     RUN_DIR/.lock                   held by the search that runs in this directory
     RUN_DIR/dask-worker-space/      Dask workers' scratch space
+    RUN_DIR/progress/HOST-PID.json  the trial running in that process: epoch, last validation error (live view)
+    RUN_DIR/tensorboard/            --tensorboard: a folder per trial (nexsearch/tensorboard.py)
     RUN_DIR/smac/<seed>/            SMAC's own files: runhistory.json, configspace.json, scenario.json,
                                     intensifier.json, optimization.json (what DeepCAVE opens)
     RUN_DIR/smac/<seed>/.nexsearch-backup/   the last complete copy of SMAC's state files
@@ -272,6 +274,9 @@ class RunDir:
     DASK = "dask-worker-space"
     SMAC = "smac"
     EVALUATION = "evaluation"
+    PROGRESS = "progress"
+    TENSORBOARD = "tensorboard"
+    ASKED = "asked.numbers"  # in progress/: trial numbers of the running trials (not a *.json progress file)
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -306,6 +311,50 @@ class RunDir:
     @property
     def evaluation(self) -> Path:
         return self.path / self.EVALUATION
+
+    @property
+    def progress(self) -> Path:
+        return self.path / self.PROGRESS
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / self.TENSORBOARD
+
+    @classmethod
+    def of_trials(cls, trials_path: str | Path) -> "RunDir":
+        """The run whose trial log is ``trials_path`` (what a trial's spec names)."""
+        return cls(Path(trials_path).parent)
+
+    def progress_file(self) -> Path:
+        """This process's running trial's progress file (a process runs one trial at a time)."""
+        return self.progress / f"{socket.gethostname()}-{os.getpid()}.json"
+
+    def read_progress(self) -> list[dict[str, Any]]:
+        """The progress of each running trial (files being replaced right now are skipped)."""
+        out = []
+        for path in sorted(self.progress.glob("*.json")) if self.progress.is_dir() else []:
+            try:
+                out.append(json.loads(path.read_text()))
+            except (OSError, ValueError):
+                continue
+        return out
+
+    def write_asked(self, numbers: Mapping[str, int]) -> None:
+        """The search's trial number of each trial it handed out and has no result of yet (by trial key): SMAC
+        writes its runhistory only as results come, so ``status`` reads the numbers of running trials here."""
+        self.progress.mkdir(exist_ok=True)
+        write_json_atomic(self.progress / self.ASKED, dict(numbers), indent=None)
+
+    def read_asked(self) -> dict[str, int]:
+        try:
+            return json.loads((self.progress / self.ASKED).read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def clear_progress(self) -> None:
+        """Before a search starts: progress files left by processes that a kill ended."""
+        for path in [*self.progress.glob("*.json"), self.progress / self.ASKED] if self.progress.is_dir() else []:
+            path.unlink(missing_ok=True)
 
     def smac_dir(self, seed: int) -> Path:
         return self.path / self.SMAC / str(seed)

@@ -124,7 +124,9 @@ class RunView:
             "failures": [{"trial": t["trial"], "status": t["status_name"],
                           "reason": (t.get("additional_info") or {}).get("error", "")} for t in done if t not in ok],
         }
-        info.update(self._overhead(done, info["used_s"]))
+        now = time.time()
+        info["running_trials"] = self.running_trials(now) if alive else []
+        info.update(self._idle_time(info, state, done, now))
         if ok and len(h.objectives) == 1:
             info["incumbent"] = self.incumbent()
         elif ok:
@@ -134,14 +136,33 @@ class RunView:
             info["evaluation"] = evaluation
         return info
 
-    @staticmethod
-    def _overhead(done: list[dict[str, Any]], used_s: float | None) -> dict[str, float]:
-        """SMAC's overhead: wall time in which no trial was running."""
-        if not used_s:
+    def running_trials(self, now: float) -> list[dict[str, Any]]:
+        """The running trials' progress files, each matched to its trial number in the optimizer's records."""
+        from nexsearch.running import key_text, running_rows, trial_key
+
+        h = self.history
+        numbers = {trial_key(h.config(t), t["budget"], t["seed"]): t["trial"]
+                   for t in h.trials if t["status_name"] == "running"}
+        asked = self.rd.read_asked()  # the search's numbers of trials that the optimizer's files do not name yet
+        return running_rows(self.rd.read_progress(), lambda key: numbers.get(key) or asked.get(key_text(key)), now)
+
+    def _idle_time(self, info: dict[str, Any], state: dict[str, Any], done: list[dict[str, Any]],
+                   now: float) -> dict[str, float]:
+        """Wall time of the run's sessions in which no trial was running (SMAC's overhead, start-up, the end):
+        trials from the optimizer's records and the trial log (cut ones too), running ones up to now."""
+        if not info["used_s"]:
             return {}
-        busy = _union_seconds([(t["starttime"], t["endtime"]) for t in done if t.get("starttime") and t.get("endtime")])
-        overhead = max(0.0, used_s - busy)
-        return {"trial_time_s": busy, "overhead_s": overhead, "overhead_frac": overhead / used_s}
+        intervals = [(t["starttime"], t["endtime"]) for t in done if t.get("starttime") and t.get("endtime")]
+        intervals += [(r["start_time"], r["end_time"]) for r in self.rd.read_trials()
+                      if r.get("start_time") and r.get("end_time")]
+        intervals += [(now - r["elapsed_s"], now) for r in info["running_trials"]]
+        sessions = [(s["started_at"], s.get("ended_at") or now) for s in state.get("sessions", []) if s.get("started_at")]
+        if sessions:  # only time in which the run was alive
+            intervals = [(max(a, s0), min(b, s1)) for a, b in intervals for s0, s1 in sessions
+                         if min(b, s1) > max(a, s0)]
+        busy = min(_union_seconds(intervals), info["used_s"])
+        idle = max(0.0, info["used_s"] - busy)
+        return {"trial_time_s": busy, "overhead_s": idle, "overhead_frac": idle / info["used_s"]}
 
     # --- the evaluation -------------------------------------------------------------------------------------
 

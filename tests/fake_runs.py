@@ -37,7 +37,7 @@ def block_and_expansion(config: dict[str, Any]) -> float:
 def fake_trainer(truth: Truth, noise: float, fails: Callable[[dict[str, Any]], bool] | None, max_epochs: int):
     """A stand-in for ``nexsearch.objectives.trainer.train_proxy`` with the same record."""
 
-    def train_proxy(config, splits, settings, seed=0, budget=None):
+    def train_proxy(config, splits, settings, seed=0, budget=None, on_epoch=None):
         config = to_dict(config)
         rng = np.random.default_rng(zlib.crc32(json.dumps([config, seed, budget], sort_keys=True).encode()))
         epochs = max(1, int(np.floor(float(budget) + 0.5))) if budget else max_epochs
@@ -54,6 +54,8 @@ def fake_trainer(truth: Truth, noise: float, fails: Callable[[dict[str, Any]], b
             "config": config,
         }
         record["latency_ms"] = 1000.0 / record["throughput"]
+        for row in curve if on_epoch is not None else []:  # the progress file, as the real trainer streams it
+            on_epoch(row)
         if fails is not None and fails(config):
             record.update(status="oom", reason="out of memory: fake trainer (test)", cost=settings.crash_cost,
                           val_error=None, curve=[])

@@ -2,6 +2,7 @@ import base64
 import io
 import json
 import os
+import re
 import shutil
 from html.parser import HTMLParser
 from pathlib import Path
@@ -172,7 +173,7 @@ class _Page(HTMLParser):
             self.images.append(Image.open(io.BytesIO(base64.b64decode(data, validate=True))))
         if tag == "table":
             self.tables.append(attrs.get("id"))
-        if tag in ("script", "link", "iframe") or any(
+        if tag in ("link", "iframe") or (tag == "script" and attrs.get("src")) or any(
                 (attrs.get(k) or "").startswith(("http:", "https:", "//")) for k in ("src", "href")):
             self.external.append((tag, attrs))
 
@@ -195,7 +196,7 @@ def test_analyze_cli_writes_files_and_a_page(random_run, tmp_path, capsys):
         assert (tmp_path / "an" / name).stat().st_size > 0, name
     page = _read_page(tmp_path / "an" / "report.html")
     assert len(page.images) == 5  # LPI, fANOVA, trajectory, Pareto, learning curves
-    assert page.tables == ["summary-table", "incumbent", "failures", "importance-lpi", "importance-fanova",
+    assert page.tables == ["summary-table", "incumbent", "winner", "failures", "importance-lpi", "importance-fanova",
                            "pareto-front"]
     text = (tmp_path / "an" / "report.html").read_text()
     for name in ("importance_lpi.png", "trajectory.png"):  # the page embeds the very files written
@@ -219,7 +220,7 @@ def test_report_of_a_multi_fidelity_run_with_an_evaluation(hyperband_run, tmp_pa
     text = (run_dir / "analysis" / "report.html").read_text()
     page = _read_page(run_dir / "analysis" / "report.html")
     assert len(page.images) == 6  # LPI, fANOVA, trajectory, Pareto, learning curves, rank correlation
-    assert page.tables == ["summary-table", "incumbent", "failures", "importance-lpi", "importance-fanova",
+    assert page.tables == ["summary-table", "incumbent", "winner", "failures", "importance-lpi", "importance-fanova",
                            "pareto-front", "trials-per-budget", "budget-correlation", "evaluation"]
     assert "0.1234" in text and "nexception" in text
     assert "out of memory: fake trainer (test)" in text and "<td>oom</td>" in text  # failures: reason, status
@@ -262,7 +263,7 @@ def test_running_trials_are_neither_results_nor_failures(random_run, tmp_path, c
     assert main(["analyze", str(live)]) == 0
     out = capsys.readouterr().out
     assert f"{len(before.failed)} failed" in out
-    assert "1 running" in (live / "analysis" / "report.html").read_text()
+    assert "1 cut by the budget's end or a kill" in (live / "analysis" / "report.html").read_text()
 
 
 def test_compare_runs(random_run, hyperband_run, tmp_path, capsys):
@@ -374,3 +375,4 @@ def test_notebook_executes(hyperband_run):
     assert "undefined" not in text
     # trajectory, LPI and fANOVA per budget (Figure 4), Pareto, learning curves, rank correlation
     assert sum("image/png" in o.get("data", {}) for o in outputs) == 6
+    assert not re.search(r"\d\.\d{6}e[-+]\d\d", text)  # no 6.250000e-02: errors print as 0.0625

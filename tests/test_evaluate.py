@@ -183,6 +183,17 @@ def test_status_analysis_and_export_use_the_evaluation(evaluated, tmp_path, caps
     assert main(["export", str(run), "--out", str(tmp_path / "c.safetensors")]) == 0
     assert "exporting the evaluated winner" in capsys.readouterr().out
 
+    # the report: the evaluation table shows the hyperparameters that differ (the full configuration folded away),
+    # its figure, and which configuration export takes
+    from nexsearch.analysis.report import analyze
+
+    analyze(run, tmp_path / "an")
+    text = (tmp_path / "an" / "report.html").read_text()
+    table = text[text.index('id="evaluation"'):].split("</table>")[0]
+    assert table.count("<details><summary>full configuration</summary>") == len(frame)
+    assert (run / "evaluation" / "evaluation.png").exists() and 'alt="evaluation: validation and test' in text
+    assert "nexsearch export takes" in text and f"Exporting the evaluated winner {winner['source']}" in text
+
 
 def test_another_epochs_is_a_separate_evaluation_beside_the_first(evaluated, tmp_path):
     run = tmp_path / "run"

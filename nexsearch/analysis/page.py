@@ -1,4 +1,5 @@
-"""One self-contained HTML page: inline CSS, images embedded as base64 PNG, no script, no network."""
+"""One self-contained HTML page: inline CSS, images embedded as base64 PNG, scripts inline (plotly.js once,
+from analysis/interactive.py), no network."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ class Page:
         self.parts: list[str] = []
         self.sections: list[tuple[str, str]] = []
         self.footnotes: list[str] = []
+        self.head: list[str] = []  # inline scripts for <head> (plotly.js, once)
 
     def section(self, title: str, anchor: str) -> None:
         self.sections.append((anchor, title))
@@ -44,12 +46,16 @@ class Page:
         attr = f' class="{cls}"' if cls else ""
         self.parts.append(f"<p{attr}>{html.escape(text)}</p>")
 
+    def html(self, markup: str) -> None:
+        """Markup built (and escaped) elsewhere: an interactive figure, a table with <details> cells."""
+        self.parts.append(markup)
+
     def footnote(self, text: str) -> None:
         self.footnotes.append(text)
 
     def table(self, df: pd.DataFrame, table_id: str, index: bool = False, header: bool = True) -> None:
         self.parts.append(df.to_html(table_id=table_id, index=index, header=header, border=0, na_rep="-",
-                                     float_format=_fmt, escape=True))
+                                     float_format=format_number, escape=True))
 
     def image(self, png: bytes, alt: str) -> None:
         data = base64.b64encode(png).decode("ascii")
@@ -60,7 +66,7 @@ class Page:
         notes = "".join(f'<p class="note">{html.escape(n)}</p>' for n in self.footnotes)
         stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-                f"<title>{html.escape(self.title)}</title><style>{STYLE}</style></head><body>"
+                f"<title>{html.escape(self.title)}</title><style>{STYLE}</style>{''.join(self.head)}</head><body>"
                 f"<h1>{html.escape(self.title)}</h1><nav>{nav}</nav>{''.join(self.parts)}"
                 f"<footer>{notes}<p>Written by nexsearch analyze, {stamp}.</p></footer></body></html>\n")
 
@@ -71,5 +77,5 @@ class Page:
         return path
 
 
-def _fmt(x: Any) -> str:
+def format_number(x: Any) -> str:
     return f"{x:.4g}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import time as _time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -55,6 +56,8 @@ def run_facts(run: "Run") -> dict[str, Any]:
         "budget_s": run.state.get("budget_s"), "used_s": run.used_s,
         "trials": len(t), "successful": len(run.successful), "failed": len(failed),
         "running": run.unfinished,  # RUNNING entries: in flight, or interrupted and evaluated again on resume
+        "unfinished_are": "running" if run.state.get("status") == "running" and _time.time() - run.state.get(
+            "updated_at", 0) < 30 else "cut by the budget's end or a kill (no result; evaluated again on resume)",
         "trials_per_hour": finished / _hours(run.used_s) if run.used_s > 0 else float("nan"),
         "failure_reasons": (failed["reason"].replace("", "(no reason recorded)").value_counts().to_dict()
                             if len(failed) else {}),
@@ -97,7 +100,7 @@ def _summary_table(facts: dict[str, Any]) -> pd.DataFrame:
         ("dataset", facts["dataset"]), ("objectives", ", ".join(facts["objectives"])),
         ("budget used", f"{_duration(facts['used_s'])} of {_duration(facts['budget_s'])}"),
         ("trials", f"{facts['trials']} ({facts['successful']} successful, {facts['failed']} failed"
-                   + (f", {facts['running']} running" if facts["running"] else "") + ")"),
+                   + (f", {facts['running']} {facts['unfinished_are']}" if facts["running"] else "") + ")"),
         ("trials per hour", f"{facts['trials_per_hour']:.1f}"),
     ]
     inc = facts.get("incumbent")
@@ -124,6 +127,7 @@ def _failures_table(run: "Run") -> pd.DataFrame:
 
 def analyze(run_dir: str | Path, out: str | Path | None = None, top: int = 5) -> dict[str, Any]:
     """Analyse one run: CSV tables, PNG figures and ``report.html`` in ``out`` (default RUN_DIR/analysis)."""
+    from nexsearch.analysis import interactive
     from nexsearch.analysis.run import load_run
 
     run = load_run(run_dir)
@@ -141,7 +145,8 @@ def analyze(run_dir: str | Path, out: str | Path | None = None, top: int = 5) ->
     table.to_csv(out / "trials.csv", index=False)
     files["trials"] = str(out / "trials.csv")
     _summary_section(page, run, facts)
-    _importance_section(page, run, facts, out, files, notes, top)
+    importances = _importance_section(page, run, facts, out, files, notes, top)
+    interactive.add_section(page, run, importances, top)
     _figures_section(page, run, out, files, top)
     if run.multi_fidelity:
         _budgets_section(page, run, facts, out, files)
@@ -153,12 +158,16 @@ def analyze(run_dir: str | Path, out: str | Path | None = None, top: int = 5) ->
 
 
 def _summary_section(page: Page, run: "Run", facts: dict[str, Any]) -> None:
+    from nexsearch.analysis import interactive
+
     page.section("Summary", "summary")
     page.table(_summary_table(facts), "summary-table", index=False, header=False)
     inc = facts["incumbent"]
     page.heading("Incumbent", 3)
     page.table(pd.DataFrame({"value": {**inc["config"], **inc["metrics"]}}).rename_axis("").reset_index(),
                "incumbent", index=False)
+    page.heading("Which configuration nexsearch export takes", 3)
+    page.table(interactive.winner_table(run.view.path, facts), "winner", index=False, header=False)
     page.heading("Failures", 3)
     failures = _failures_table(run)
     if failures.empty:
@@ -167,13 +176,14 @@ def _summary_section(page: Page, run: "Run", facts: dict[str, Any]) -> None:
 
 
 def _importance_section(page: Page, run: "Run", facts: dict[str, Any], out: Path, files: dict[str, str],
-                        notes: list[str], top: int) -> None:
+                        notes: list[str], top: int) -> dict[str, pd.DataFrame]:
     from nexsearch.analysis.plots import plot_importance
 
     page.section("Hyperparameter importance (DeepCAVE)", "importance")
     page.text("Local parameter importance (LPI: the variance of the predicted error around the incumbent, one "
               "hyperparameter changed at a time) and fANOVA (the share of the error's variance over the whole space). "
               + ("One bar colour per budget, as in the paper's Figure 4." if run.multi_fidelity else ""))
+    importances = {}
     for method in METHODS:
         page.heading(method.upper() if method == "lpi" else "fANOVA", 3)
         try:
@@ -184,6 +194,7 @@ def _importance_section(page: Page, run: "Run", facts: dict[str, Any], out: Path
             page.text(note, cls="note")
             continue
         imp = imp[imp["budget"].map(lambda b: b != "combined")].reset_index(drop=True)
+        importances[method] = imp
         imp.to_csv(out / f"importance_{method}.csv", index=False)
         files[f"importance_{method}"] = str(out / f"importance_{method}.csv")
         files[f"importance_{method}_plot"] = _write_figure(
@@ -193,6 +204,7 @@ def _importance_section(page: Page, run: "Run", facts: dict[str, Any], out: Path
         highest = imp[imp["budget"].map(str) == str(imp["budget"].iloc[-1])] if run.multi_fidelity else imp
         facts[f"top_{method}"] = highest.sort_values("importance", ascending=False).head(top)[
             ["hyperparameter", "importance"]].to_dict("records")
+    return importances
 
 
 def _figures_section(page: Page, run: "Run", out: Path, files: dict[str, str], top: int) -> None:
@@ -245,10 +257,12 @@ def _evaluation_section(page: Page, run: "Run", notes: list[str]) -> None:
     if not evaluation.exists():
         return
     page.section("Evaluation", "evaluation")
+    from nexsearch.analysis import interactive
+
     try:
-        page.table(pd.read_csv(evaluation), "evaluation", index=False)
+        interactive.evaluation_section(page, run.view.path, evaluation)
         page.text(f"From {evaluation}.")
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, KeyError) as exc:
         notes.append(f"{evaluation} could not be read: {exc}")
         page.text(notes[-1], cls="note")
 

@@ -29,8 +29,9 @@ from nexsearch.objectives.datasets import Splits, load_dataset
 from nexsearch.device import resolve_device
 from nexsearch.objectives.settings import ObjectiveSpec
 from nexsearch.objectives.table import produce, record_key
-from nexsearch.objectives.trainer import train_proxy
-from nexsearch.rundir import append_jsonl
+from nexsearch.objectives.trainer import budget_to_epochs, train_proxy
+from nexsearch.rundir import RunDir, append_jsonl
+from nexsearch.running import TrialProgress
 
 
 class TrialFailed(RuntimeError):
@@ -107,7 +108,12 @@ def evaluate_trial(config: Any, seed: int = 0, budget: float | None = None) -> t
                   "end_time": time.time(), "host": socket.gethostname(), "pid": os.getpid()}, spec)
         by_deadline = settings.time_limit_s is None or left < settings.time_limit_s
         settings.time_limit_s = left if settings.time_limit_s is None else min(settings.time_limit_s, left)
-    record = train_proxy(dict(config), splits, settings, seed=int(seed), budget=budget)
+    progress = TrialProgress(RunDir.of_trials(spec.trials_path) if spec.trials_path else None, dict(config),
+                             int(seed), budget, budget_to_epochs(budget, settings.epochs))
+    try:  # the live view and `nexsearch status` read the progress file while the trial trains
+        record = train_proxy(dict(config), splits, settings, seed=int(seed), budget=budget, on_epoch=progress.epoch)
+    finally:
+        progress.close()
     record.update(produce(record, spec))  # the objectives made after training (full-size costs, ...)
     record.update(start_time=started, end_time=time.time(), host=socket.gethostname(), pid=os.getpid())
     if record["status"] == "timeout" and by_deadline:

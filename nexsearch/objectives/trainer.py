@@ -25,7 +25,7 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -239,10 +239,12 @@ def train_proxy(
     seed: int = 0,
     budget: float | None = None,
     test: bool = False,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Train the proxy of ``config`` for ``budget`` epochs; return the result record (never raises for a bad trial).
 
-    ``test=True`` (final evaluations only, never a search) also reports ``test_error`` and ``test_loss``.
+    ``test=True`` (final evaluations only, never a search) also reports ``test_error`` and ``test_loss``;
+    ``on_epoch`` is called with each epoch's row of the learning curve as it ends.
     """
     settings = settings or TrainSettings()
     device = splits.train.images.device
@@ -256,7 +258,8 @@ def train_proxy(
     try:
         checked = validate(config)  # a Configuration (SMAC's, or from a mapping): checked once, here
         config = to_dict(checked)
-        status, reason, model, optimizer = _train(checked, splits, settings, seed, device, run, start, test)
+        status, reason, model, optimizer = _train(checked, splits, settings, seed, device, run, start, test,
+                                                      on_epoch)
     except torch.OutOfMemoryError as exc:
         status, reason = "oom", f"out of memory: {str(exc).splitlines()[0] if str(exc) else 'OutOfMemoryError'}"
     except _Diverged as exc:
@@ -372,7 +375,7 @@ class TrainSteps:
         return self.optimizer.param_groups[0]["lr"]
 
 
-def _train(config, splits, settings, seed, device, run, start, test=False):
+def _train(config, splits, settings, seed, device, run, start, test=False, on_epoch=None):
     _seed_everything(seed)
     g = torch.Generator(device=device).manual_seed(seed)
     model = build_model(
@@ -449,6 +452,8 @@ def _train(config, splits, settings, seed, device, run, start, test=False):
             "train_s": round(epoch_s, 4), "images": n_steps * batch_size,
             "end_time": time.time(),
         })
+        if on_epoch is not None:
+            on_epoch(run.curve[-1])
         if status == "timeout":
             reason = (f"time limit {settings.time_limit_s:g} s reached after {run.epochs_run:.2f} "
                       f"of {run.epochs} epochs")

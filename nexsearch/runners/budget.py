@@ -1,4 +1,4 @@
-"""Wall-clock budgets written like ``45s``, ``90m``, ``12h``, ``3d`` or ``1d12h``."""
+"""Wall-clock budgets written like ``45s``, ``90m`` (or ``90min``), ``1.5h``, ``1h30m``, ``3d`` or ``1d12h``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from nexsearch.errors import UserError
 
 _UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 MAX_BUDGET_S = 366 * 86400  # a year: anything longer is a typo (and overflows the clocks it is added to)
-_PART = re.compile(r"(\d+(?:\.\d+)?)([dhms])")
+# longer unit words first: ``90min`` is 90 minutes, ``2hours`` two hours (the first letter names the unit)
+_PART = re.compile(r"(\d+(?:\.\d+)?)(days?|hours?|hrs?|minutes?|mins?|seconds?|secs?|[dhms])")
 
 
 def parse_budget(text: str | int | float) -> float:
@@ -23,14 +24,15 @@ def parse_budget(text: str | int | float) -> float:
             seconds = float(s)
         else:
             parts = _PART.findall(s)
-            units = [u for _, u in parts]
+            units = [u[0] for _, u in parts]
             if not parts or "".join(n + u for n, u in parts) != s or len(set(units)) != len(units) or units != sorted(
                 units, key=list(_UNITS).index
             ):
                 raise UserError(
-                    f"bad budget '{text}': write a duration like 45s, 90m, 12h, 3d or 1d12h (units d, h, m, s, largest first)"
+                    f"bad budget '{text}': write a duration like 45s, 90m, 90min, 1.5h, 1h30m, 3d or 1d12h "
+                    "(units d, h, m or min, s; largest first)"
                 )
-            seconds = sum(float(n) * _UNITS[u] for n, u in parts)
+            seconds = sum(float(n) * _UNITS[u[0]] for n, u in parts)
     if not seconds > 0:
         raise UserError(f"bad budget '{text}': it must be longer than zero")
     if not seconds <= MAX_BUDGET_S:

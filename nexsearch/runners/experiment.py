@@ -43,7 +43,7 @@ TRAIN_FROM_EXPERIMENT = {"epochs": "max_epochs", "crash_cost": "crash_cost", "de
 
 # May differ between the original run and a resume.
 EXECUTION_FIELDS = ("workers", "workers_per_gpu", "scheduler", "scheduler_security", "device", "output_dir", "data_dir",
-                    "download")
+                    "download", "tensorboard")
 
 
 def _device_name(value: str) -> bool:
@@ -175,6 +175,7 @@ class Experiment(TrialInputs):
     workers_per_gpu: int | str = 4  # trials sharing one GPU under workers: auto (H100: 4 give 3.3x the trials per GPU-day)
     scheduler: str | None = None  # address of an existing Dask scheduler
     scheduler_security: str | None = None  # YAML file: the TLS files of that scheduler (Dask's tls_* settings)
+    tensorboard: bool = False  # write each trial under RUN_DIR/tensorboard/ (nexsearch/tensorboard.py)
 
     def __post_init__(self) -> None:
         if isinstance(self.objectives, str):

@@ -86,6 +86,10 @@ def check_experiment(exp: Experiment) -> None:
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise UserError(f"device '{exp.device}' asked for, but there are {torch.cuda.device_count()} CUDA devices")
     check(exp.objectives, exp.full_layout, exp.device)  # the objectives' own checks (full_latency: the models fit)
+    if exp.tensorboard:
+        from nexsearch.tensorboard import require_tensorboard
+
+        require_tensorboard()
     target.configure(exp.objective_spec(None))
     spec, splits = target.loaded()
     if len(splits.train) < 2 or len(splits.val) < 1:
@@ -251,9 +255,16 @@ def _search(exp: Experiment, rd: RunDir, resumed: bool, state: Heartbeat, consol
 
             def runner_factory(scenario, required):
                 return SerialRunner(scenario, target.target_function, required_arguments=required)
+
+            _serial_threads(exp)
+        rd.clear_progress()  # left by processes a kill ended
         progress = ProgressView(console, budget_s, used_before, running=lambda: state.running(),
-                                should_stop=lambda: state.used() >= budget_s, objectives=exp.objectives)
+                                should_stop=lambda: state.used() >= budget_s, objectives=exp.objectives, run_dir=rd)
         progress.started = state.t0
+        if exp.tensorboard:
+            from nexsearch.tensorboard import TrialBoard
+
+            progress.listeners.append(TrialBoard(rd.tensorboard).told)
         restore_space(rd.smac_dir(exp.seed), exp.seed, console)
         smac = build_smac(exp, rd.path, runner_factory, [progress], console=console)
         if exp.workers > 1 or exp.scheduler:
@@ -315,6 +326,18 @@ def restore_space(smac_dir: Path, seed: int, console: Console) -> None:
         build_space(seed=seed).to_json(smac_dir / "configspace.json")
         console.print(f"note: {smac_dir / 'configspace.json'} was missing: written again from the design space",
                       highlight=False)
+
+
+def _serial_threads(exp: Experiment) -> None:
+    """Trials on the CPU in this process get every CPU slot, as each of n local Dask workers gets 1/n of them."""
+    import os
+
+    import torch
+
+    from nexsearch.device import resolve_device
+
+    if resolve_device(exp.device).type == "cpu":
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
 
 
 def _dask_runner(exp: Experiment, spec: Any, rd: RunDir):

@@ -23,6 +23,10 @@ def print_status(run_dir: str | Path) -> dict[str, Any]:
     for note in info["notes"]:
         Console(stderr=True).print(f"note: {note}", highlight=False, soft_wrap=True)
     console.print(_table(info))
+    from nexsearch.running import row_line
+
+    for row in info["running_trials"]:
+        console.print("running: " + row_line(row), highlight=False, markup=False, soft_wrap=True)
     for f in info["failures"][-5:]:
         console.print(f"failed trial {f['trial']} ({f['status']}): {f['reason']}", highlight=False, soft_wrap=True)
     if "evaluation" in info:
@@ -52,6 +56,6 @@ def _table(info: dict[str, Any]):
         t.add_row("budget used", f"{format_duration(used)} of {format_duration(info['budget_s'])}")
         t.add_row("budget left", format_duration(max(0.0, info["budget_s"] - used)))
     if "overhead_s" in info:
-        t.add_row("SMAC overhead", f"{format_duration(info['overhead_s'])} ({100 * info['overhead_frac']:.1f}% of wall time"
-                  " with no trial running)")
+        t.add_row("no trial running", f"{format_duration(info['overhead_s'])} ({100 * info['overhead_frac']:.1f}% of "
+                  "the time used: SMAC, start-up, waiting)")
     return t
