@@ -368,27 +368,12 @@ class RunDir:
         """Whether trials were recorded (a SMAC state lost now would lose results)."""
         return self.trials.exists() and self.trials.stat().st_size > 0
 
-    def _smac_dirs(self) -> list[Path]:
-        """SMAC's output folders under ``smac/`` that hold a runhistory, live or as the last complete copy."""
+    def smac_dirs(self) -> list[Path]:
+        """The folders under ``smac/``: one per seed a search ran with (``smac_dir(seed)``)."""
         root = self.path / self.SMAC
         if not root.is_dir():
             return []
-        return sorted({p.parent for p in root.glob("*/runhistory.json")} |
-                      {p.parent.parent for p in root.glob(f"*/{BACKUP_DIR}/runhistory.json")})
-
-    def has_smac_state(self) -> bool:
-        """Whether SMAC saved a state here (a search ran, even if no trial finished)."""
-        return bool(self._smac_dirs())
-
-    def find_smac_dir(self) -> Path:
-        """SMAC's output folder of this run (or this folder itself, when it is a bare SMAC output directory)."""
-        if (self.path / "runhistory.json").exists():
-            return self.path
-        candidates = self._smac_dirs()
-        if not candidates:
-            raise UserError(f"{self.path} is not a nexsearch run (no smac/<seed>/runhistory.json): "
-                            "pass a run directory")
-        return candidates[0]
+        return sorted({p for p in root.iterdir() if p.is_dir()})
 
     def require_dir(self) -> "RunDir":
         if not self.path.is_dir():

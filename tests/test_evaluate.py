@@ -19,8 +19,8 @@ from nexsearch.evaluate import select_candidates
 from nexsearch.evaluation.present import plot_evaluation
 from nexsearch.evaluation.store import RESULTS_FILE, load_summary
 from nexsearch.export import export_model
-from nexsearch.rundir import RunDir
 from nexsearch.runners.status import run_status
+from nexsearch.runview import RunView
 
 # The first test's fixtures run a small search and two evaluate processes: 270 s on the shared 2-core machine
 # under a load of ~10, too close to the default 300 s.
@@ -230,7 +230,7 @@ def test_bad_input_is_one_line_and_changes_nothing(evaluated, digits_run, tmp_pa
     # a run without a successful trial
     failed = tmp_path / "failed"
     shutil.copytree(digits_run, failed)
-    rh_path = RunDir(failed).find_smac_dir() / "runhistory.json"
+    rh_path = RunView(failed).history.folder / "runhistory.json"
     rh = json.loads(rh_path.read_text())
     for row in rh["data"]:
         row["status"] = 2

@@ -87,6 +87,15 @@ def test_an_added_objective_is_recorded_optimised_by_parego_and_analysed(tmp_pat
     assert any(label.startswith("wiring_cost (lower is better; wiring cost)") for label in labels)
 
 
+def test_the_table_declares_each_measure_once():
+    assert table.objective_names()[0] == "error" and table.record_key("full_latency") == "full_latency_ms"
+    assert table.is_maximised("throughput") and not table.is_maximised("latency_ms")  # by record key or name
+    assert table.produced_by("full_size") == ["full_params", "full_macs", "full_latency"]
+    with pytest.raises(ValueError, match="must be minimised"):  # SMAC is told every objective as a cost
+        table.register(table.Measure("accuracy", "accuracy", "max"))
+    assert "accuracy" not in table.MEASURES
+
+
 def test_an_added_objective_is_refused_once_removed(monkeypatch):
     from nexsearch.errors import UserError
 

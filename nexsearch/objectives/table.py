@@ -46,6 +46,9 @@ def register(measure: Measure) -> Measure:
     """Declare an objective or metric (a name already declared is replaced)."""
     if measure.direction not in ("min", "max"):
         raise ValueError(f"direction of {measure.name} must be 'min' or 'max', got {measure.direction!r}")
+    if measure.objective and measure.maximised:  # SMAC minimises every cost it is told, as is
+        raise ValueError(f"objective {measure.name} must be minimised: declare its record key as a cost (lower is "
+                         "better), or make it a metric (objective=False)")
     MEASURES[measure.name] = measure
     return measure
 

@@ -25,8 +25,8 @@ import socket
 import time
 from typing import Any, Mapping
 
-from nexsearch.objectives.datasets import Splits, load_dataset
 from nexsearch.device import resolve_device
+from nexsearch.objectives.datasets import Splits, load_dataset
 from nexsearch.objectives.settings import ObjectiveSpec
 from nexsearch.objectives.table import produce, record_key
 from nexsearch.objectives.trainer import budget_to_epochs, train_proxy

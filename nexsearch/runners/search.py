@@ -35,7 +35,7 @@ from rich.console import Console
 
 from nexsearch.errors import RunStopped, Terminated, UserError
 from nexsearch.rundir import Heartbeat, RunDir, unlock
-from nexsearch.runners.smac_state import backup_smac_state
+from nexsearch.runners.smac_state import backup_smac_state, has_smac_state
 from nexsearch.runners.budget import format_duration
 from nexsearch.runners.experiment import Experiment, read_saved_experiment, save_experiment
 from nexsearch.runners.preflight import check_dataset_memory, check_training_memory, check_workers, probe_scheduler
@@ -49,7 +49,7 @@ def prepare_run_dir(exp: Experiment, console: Console | None = None) -> tuple[Ru
         raise UserError(f"--out {rd.path} is a file, not a directory: choose another --out")
     if rd.is_run():
         changes = exp.differences(read_saved_experiment(rd))
-        if changes and (rd.has_history() or rd.has_smac_state()):
+        if changes and (rd.has_history() or has_smac_state(rd)):
             raise UserError(
                 f"{rd.path} holds a run of a different experiment ({'; '.join(changes)}): "
                 "resume with the original settings or choose another --out"

@@ -121,11 +121,28 @@ def load_runhistory(smac_dir: Path, notes: list[str] | None = None
     return trials, rh.get("configs", {}), objectives
 
 
+def _saved(smac_dir: Path) -> bool:
+    """Whether SMAC saved a runhistory in ``smac_dir``, live or as the last complete copy."""
+    return (smac_dir / "runhistory.json").exists() or (smac_dir / BACKUP_DIR / "runhistory.json").exists()
+
+
+def has_smac_state(rd: RunDir) -> bool:
+    """Whether SMAC saved a state in the run (a search ran, even if no trial finished)."""
+    return any(_saved(d) for d in rd.smac_dirs())
+
+
+def find_smac_dir(rd: RunDir) -> Path | None:
+    """SMAC's output folder of the run (the folder itself, when it is a bare SMAC output directory); None
+    without one."""
+    if (rd.path / "runhistory.json").exists():
+        return rd.path
+    return next((d for d in rd.smac_dirs() if _saved(d)), None)
+
+
 def read_smac_history(rd: RunDir) -> History | None:
     """The history of a run searched by a SMAC facade (None when SMAC saved nothing there)."""
-    try:
-        smac_dir = rd.find_smac_dir()
-    except UserError:  # no SMAC state here
+    smac_dir = find_smac_dir(rd)
+    if smac_dir is None:
         return None
     notes: list[str] = []
     trials, configs, objectives = load_runhistory(smac_dir, notes=notes)
