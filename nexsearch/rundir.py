@@ -385,10 +385,10 @@ class RunDir:
         """The state file (empty when missing or unreadable)."""
         return _read_state(self.state)
 
-    def read_state_guarded(self, notes: list[str]) -> dict[str, Any]:
+    def read_state_guarded(self, notes: list[str], has_state: bool = False) -> dict[str, Any]:
         """The state file of a run to resume: a missing, emptied or corrupt one is read from the copy the last
         session left (said in ``notes``); without that copy, a run with a history is refused (its budget
-        accounting would silently start again from zero)."""
+        accounting would silently start again from zero). ``has_state``: the optimizer saved a state in the run."""
         state = self.read_state()
         if isinstance(state.get("used_s"), (int, float)):
             return state
@@ -397,7 +397,7 @@ class RunDir:
             notes.append(f"{self.state} is missing or corrupt: read the copy the last session left "
                          f"({STATE_BACKUP}, {backup['used_s']:.0f} s used)")
             return backup
-        if self.has_history() or self.has_smac_state():
+        if self.has_history() or has_state:
             raise UserError(f"{self.state} is missing or corrupt and has no copy: the time this run used is unknown; "
                             "put the file back, or start a new run with another --out")
         return state

@@ -180,7 +180,7 @@ def _run_search(exp: Experiment, budget_s: float, console: Console | None, start
             rd.refuse_links()
             saved_state = rd.state.read_bytes() if rd.state.exists() else None
             notes: list[str] = []
-            used_before = float(rd.read_state_guarded(notes).get("used_s", 0.0))
+            used_before = float(rd.read_state_guarded(notes, has_smac_state(rd)).get("used_s", 0.0))
             for note in notes:
                 console.print(f"note: {note}", highlight=False)
             if used_before >= budget_s:  # nothing to run: say so at once, without the checks

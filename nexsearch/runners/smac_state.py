@@ -22,6 +22,7 @@ from nexsearch.results import History, numbered_trials, status_name
 from nexsearch.rundir import BACKUP_DIR, RunDir, copy_atomic, parses_json, read_json_retry, write_json_atomic
 
 SMAC_STATE_FILES = ("runhistory.json", "intensifier.json", "optimization.json")
+SMAC_FIXED_FILES = ("configspace.json", "scenario.json")  # written once by SMAC; backed up for readers too
 # columns of a runhistory row in SMAC's older list layout
 _ROW_KEYS = ("config_id", "instance", "seed", "budget", "cost", "time", "cpu_time", "status", "starttime", "endtime",
              "additional_info")
@@ -45,7 +46,7 @@ def backup_smac_state(smac_dir: Path, finished: int | None = None) -> bool:
     if finished is not None and finished < backup_finished(smac_dir):
         return False
     backup.mkdir(exist_ok=True)
-    for name in SMAC_STATE_FILES:
+    for name in SMAC_STATE_FILES + SMAC_FIXED_FILES:
         if (Path(smac_dir) / name).exists():
             copy_atomic(Path(smac_dir) / name, backup / name)
     return True
@@ -88,6 +89,7 @@ def snapshot_smac_dir(smac_dir: Path, dest: Path) -> Path:
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     names = {p.name for p in Path(smac_dir).glob("*.json")} | set(SMAC_STATE_FILES)
+    names |= {n for n in SMAC_FIXED_FILES if (Path(smac_dir) / BACKUP_DIR / n).is_file()}  # deleted: the copy
     for name in sorted(names):
         (dest / name).write_text(json.dumps(read_json_retry(Path(smac_dir) / name)))
     return dest
