@@ -42,6 +42,7 @@ from nexsearch.errors import RunStopped, UserError
 from nexsearch.results import numbered_trials, status_name
 
 SMAC_STATE_FILES = ("runhistory.json", "intensifier.json", "optimization.json")
+SMAC_FIXED_FILES = ("configspace.json", "scenario.json")  # written once by SMAC; backed up for readers too
 BACKUP_DIR = ".nexsearch-backup"
 STATE_BACKUP = ".nexsearch.json.backup"  # the state file as the last session ended it (budget accounting)
 EXPERIMENT_BACKUP = ".experiment.yaml.backup"  # the experiment as written: an edit or an emptied file is found
@@ -190,7 +191,7 @@ def backup_smac_state(smac_dir: Path, finished: int | None = None) -> bool:
     if finished is not None and finished < backup_finished(smac_dir):
         return False
     backup.mkdir(exist_ok=True)
-    for name in SMAC_STATE_FILES:
+    for name in SMAC_STATE_FILES + SMAC_FIXED_FILES:
         if (Path(smac_dir) / name).exists():
             _copy_atomic(Path(smac_dir) / name, backup / name)
     return True
@@ -233,6 +234,7 @@ def snapshot_smac_dir(smac_dir: Path, dest: Path) -> Path:
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     names = {p.name for p in Path(smac_dir).glob("*.json")} | set(SMAC_STATE_FILES)
+    names |= {n for n in SMAC_FIXED_FILES if (Path(smac_dir) / BACKUP_DIR / n).is_file()}  # deleted: the copy
     for name in sorted(names):
         (dest / name).write_text(json.dumps(read_json_retry(Path(smac_dir) / name)))
     return dest
@@ -479,6 +481,9 @@ class RunDir:
                 raise UserError(f"{self.experiment} was changed after the run was made (its copy: {backup}): put the "
                                 f"original back (cp {backup} {self.experiment}); a new experiment needs a new --out")
             return saved
+        if not text.strip():
+            raise UserError(f"{self.experiment} is empty and has no copy: put back the experiment the run was made "
+                            "with")
         return text
 
     # writes

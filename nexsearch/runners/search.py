@@ -17,8 +17,6 @@ dataset (loaded once here) and one tiny training step of the default configurati
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import contextlib
 import dataclasses
 import errno
@@ -155,9 +153,10 @@ def stop_signals():
     old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
-    except (asyncio.CancelledError, concurrent.futures.CancelledError):
-        if not _SIGNALLED:  # Dask cancels what was pending when a signal interrupted it: the signal it is
+    except BaseException as exc:  # asyncio's or concurrent.futures' CancelledError (asyncio is not imported here)
+        if not _SIGNALLED or type(exc).__name__ != "CancelledError":
             raise
+        # Dask cancels what was pending when a signal interrupted it: the signal it is
         raise (Terminated() if _SIGNALLED[-1] == signal.SIGTERM else KeyboardInterrupt()) from None
     finally:
         for sig, handler in old.items():
@@ -298,7 +297,9 @@ def _close_quietly(*closables: Any) -> None:
         if c is not None:
             try:
                 c.close()
-            except (Exception, asyncio.CancelledError):
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException:  # also asyncio's CancelledError
                 pass
 
 
