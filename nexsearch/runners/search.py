@@ -173,10 +173,7 @@ def _run_search(exp: Experiment, budget_s: float, console: Console | None, start
             lock = rd.lock()
             rd.refuse_links()
             saved_state = rd.state.read_bytes() if rd.state.exists() else None
-            notes: list[str] = []
-            used_before = float(rd.read_state_guarded(notes).get("used_s", 0.0))
-            for note in notes:
-                console.print(f"note: {note}", highlight=False)
+            used_before = _used_before(rd, console)
             if used_before >= budget_s:  # nothing to run: say so at once, without the checks
                 console.print(f"budget already spent ({format_duration(used_before)} of "
                               f"{format_duration(budget_s)}): pass a larger --budget to continue")
@@ -208,13 +205,10 @@ def _run_search(exp: Experiment, budget_s: float, console: Console | None, start
             rd.remove_new(made)
         raise
     try:
-        if resumed:
-            cut = rd.tidy()
-            if cut:
-                console.print(f"the last line of {rd.trials.name} was torn by a kill ({cut} bytes): moved to "
-                              f"{rd.TORN}", highlight=False)
         status = "stopped"
         try:
+            if resumed:
+                _tidy(rd, exp, console)
             status = _search(exp, rd, resumed, state, console)
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO):
@@ -255,7 +249,6 @@ def _search(exp: Experiment, rd: RunDir, resumed: bool, state: Heartbeat, consol
         progress = ProgressView(console, budget_s, used_before, running=lambda: running(),
                                 should_stop=lambda: state.used() >= budget_s, objectives=exp.objectives)
         progress.started = state.t0
-        restore_space(rd.smac_dir(exp.seed), exp.seed, console)
         smac = build_smac(exp, rd.path, runner_factory, [progress], console=console)
         if exp.workers > 1 or exp.scheduler:
             running = lambda: len(smac._runner._pending_trials)  # noqa: E731
@@ -289,6 +282,24 @@ def _search(exp: Experiment, rd: RunDir, resumed: bool, state: Heartbeat, consol
         return "finished" if state.used() >= budget_s else "stopped"
     finally:
         _close_quietly(client, cluster)
+
+
+def _used_before(rd: RunDir, console: Console) -> float:
+    """The time a resumed run used: its state file, or the copy the last session left (said so)."""
+    notes: list[str] = []
+    used = float(rd.read_state_guarded(notes).get("used_s", 0.0))
+    for note in notes:
+        console.print(f"note: {note}", highlight=False)
+    return used
+
+
+def _tidy(rd: RunDir, exp: Experiment, console: Console) -> None:
+    """Before a resume: a torn last line of the trial log cut away, SMAC's deleted configspace.json written again."""
+    cut = rd.tidy()
+    if cut:
+        console.print(f"the last line of {rd.trials.name} was torn by a kill ({cut} bytes): moved to "
+                      f"{rd.TORN}", highlight=False)
+    restore_space(rd.smac_dir(exp.seed), exp.seed, console)
 
 
 def _close_quietly(*closables: Any) -> None:
