@@ -299,7 +299,7 @@ def _tidy(rd: RunDir, exp: Experiment, console: Console) -> None:
     if cut:
         console.print(f"the last line of {rd.trials.name} was torn by a kill ({cut} bytes): moved to "
                       f"{rd.TORN}", highlight=False)
-    restore_space(rd.smac_dir(exp.seed), exp.seed, console)
+    restore_space(rd, exp.seed, console)
 
 
 def _close_quietly(*closables: Any) -> None:
@@ -314,22 +314,21 @@ def _close_quietly(*closables: Any) -> None:
                 pass
 
 
-def restore_space(smac_dir: Path, seed: int, console: Console) -> None:
+def restore_space(rd: RunDir, seed: int, console: Console) -> None:
     """SMAC's configspace.json, deleted from a run with a state, written again: it is the design space itself
     (``build_space``), which SMAC compares on resume. A missing scenario.json is refused with one line."""
-    from nexsearch.rundir import BACKUP_DIR
+    from nexsearch.rundir import SMAC_FIXED_FILES
 
-    if not ((smac_dir / "runhistory.json").exists() or (smac_dir / BACKUP_DIR / "runhistory.json").exists()):
+    if not rd.has_smac_state():
         return
-    if not (smac_dir / "scenario.json").is_file():
-        raise UserError(f"{smac_dir / 'scenario.json'} is missing: SMAC cannot resume this run; start a new run "
-                        "with another --out")
-    if not (smac_dir / "configspace.json").is_file():
+    space, scenario = (rd.smac_dir(seed) / name for name in SMAC_FIXED_FILES)
+    if not scenario.is_file():
+        raise UserError(f"{scenario} is missing: SMAC cannot resume this run; start a new run with another --out")
+    if not space.is_file():
         from nexsearch.search_space.space import build_space
 
-        build_space(seed=seed).to_json(smac_dir / "configspace.json")
-        console.print(f"note: {smac_dir / 'configspace.json'} was missing: written again from the design space",
-                      highlight=False)
+        build_space(seed=seed).to_json(space)
+        console.print(f"note: {space} was missing: written again from the design space", highlight=False)
 
 
 def _dask_runner(exp: Experiment, spec: Any, rd: RunDir):
