@@ -63,12 +63,12 @@ def _call(args: list[str]) -> tuple[int, list[str]]:
 def cases(d: Path) -> list[tuple[str, list[str], object]]:
     from nexsearch.objectives import target
 
-    def cfg(name: str, **changes) -> str:
+    def cfg(file_name: str, **changes) -> str:
         data = json.loads(json.dumps(TINY))
         for k, v in changes.items():
             data[k] = dict(data[k], **v) if k == "train" else v
-        (d / name).write_text(yaml.safe_dump(data))
-        return str(d / name)
+        (d / file_name).write_text(yaml.safe_dump(data))
+        return str(d / file_name)
 
     base = cfg("e.yaml")
     (d / "empty.yaml").write_text("# nothing\n")

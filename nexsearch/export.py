@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import json
 import os
-from glob import escape as glob_escape
 import sys
 import time
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any
 
@@ -170,10 +170,11 @@ def check_out(out: Path, force: bool, onnx: bool) -> None:
     """Where an export may write: never inside a run directory (its state files would be replaced), never over
     an existing file without ``force`` (and then the old sidecar and card go first, so that a killed export
     never leaves new weights beside an old sidecar). Temporary files of earlier, killed exports are removed."""
-    for folder in (out.parent.resolve(), *out.parent.resolve().parents):
-        if (folder / "nexsearch.json").is_file() or ((folder / "experiment.yaml").is_file()
-                                                     and (folder / "smac").is_dir()):
-            raise UserError(f"--out {out} is inside the run directory {folder}: export outside it (its files are "
+    from nexsearch.rundir import RunDir
+
+    for folder in map(RunDir, (out.parent.resolve(), *out.parent.resolve().parents)):
+        if folder.state.is_file() or (folder.is_run() and (folder.path / folder.SMAC).is_dir()):
+            raise UserError(f"--out {out} is inside the run directory {folder.path}: export outside it (its files are "
                             "the run's state)")
     names = [out, out.with_suffix(".json"), out.with_suffix(".md")] + ([out.with_suffix(".onnx")] if onnx else [])
     existing = [p for p in names if p.exists() or p.is_symlink()]

@@ -414,6 +414,9 @@ class RunDir:
                 raise UserError(f"{self.experiment} was changed after the run was made (its copy: {backup}): put the "
                                 f"original back (cp {backup} {self.experiment}); a new experiment needs a new --out")
             return saved
+        if not text.strip():
+            raise UserError(f"{self.experiment} is empty and has no copy: put back the experiment the run was made "
+                            "with")
         return text
 
     # writes

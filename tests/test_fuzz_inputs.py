@@ -58,11 +58,12 @@ def _with(where: str, value) -> dict:
 
 
 def _must_refuse(kinds: set, value) -> bool:
-    """Values no setting of these kinds may take: a wrong type, a number that is no number or unbounded."""
+    """Values no setting of these kinds may take: a wrong type, a number that is no number, a count past any
+    machine (a huge float may be legitimate: a learning rate that makes trials diverge on purpose)."""
     numeric = kinds & {int, float}
     if isinstance(value, float) and not math.isfinite(value) and numeric:
         return True
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and numeric and abs(value) >= 1e30:
+    if type(value) is int and int in kinds and float not in kinds and abs(value) >= 1e30:
         return True
     if isinstance(value, (list, dict, bytes)) and not kinds & {list, dict}:
         return True

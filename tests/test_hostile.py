@@ -369,6 +369,16 @@ def test_deleted_configspace_is_written_again_and_the_run_resumes(run_copy, caps
     assert json.loads(space.read_text()) == original
 
 
+def test_deleted_configspace_is_read_from_the_backup_by_readers(run_copy, tmp_path):
+    from nexsearch.rundir import snapshot_smac_dir
+
+    space = run_copy / "smac" / "0" / "configspace.json"
+    original = json.loads(space.read_text())
+    space.unlink()
+    snapshot = snapshot_smac_dir(space.parent, tmp_path / "snap")  # what analyze hands DeepCAVE
+    assert json.loads((snapshot / "configspace.json").read_text()) == original
+
+
 def test_bad_sidecar_fields_are_one_line(tmp_path, capsys):
     out = tmp_path / "m.safetensors"
     assert main(["export", "--preset", "nexception", "--out", str(out)]) == 0

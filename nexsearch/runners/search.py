@@ -17,8 +17,6 @@ dataset (loaded once here) and one tiny training step of the default configurati
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import contextlib
 import dataclasses
 import errno
@@ -160,9 +158,10 @@ def stop_signals():
     old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
-    except (asyncio.CancelledError, concurrent.futures.CancelledError):
-        if not _SIGNALLED:  # Dask cancels what was pending when a signal interrupted it: the signal it is
+    except BaseException as exc:  # asyncio's or concurrent.futures' CancelledError (asyncio is not imported here)
+        if not _SIGNALLED or type(exc).__name__ != "CancelledError":
             raise
+        # Dask cancels what was pending when a signal interrupted it: the signal it is
         raise (Terminated() if _SIGNALLED[-1] == signal.SIGTERM else KeyboardInterrupt()) from None
     finally:
         for sig, handler in old.items():
@@ -179,10 +178,7 @@ def _run_search(exp: Experiment, budget_s: float, console: Console | None, start
             lock = rd.lock()
             rd.refuse_links()
             saved_state = rd.state.read_bytes() if rd.state.exists() else None
-            notes: list[str] = []
-            used_before = float(rd.read_state_guarded(notes, has_smac_state(rd)).get("used_s", 0.0))
-            for note in notes:
-                console.print(f"note: {note}", highlight=False)
+            used_before = _used_before(rd, console)
             if used_before >= budget_s:  # nothing to run: say so at once, without the checks
                 console.print(f"budget already spent ({format_duration(used_before)} of "
                               f"{format_duration(budget_s)}): pass a larger --budget to continue")
@@ -214,13 +210,10 @@ def _run_search(exp: Experiment, budget_s: float, console: Console | None, start
             rd.remove_new(made)
         raise
     try:
-        if resumed:
-            cut = rd.tidy()
-            if cut:
-                console.print(f"the last line of {rd.trials.name} was torn by a kill ({cut} bytes): moved to "
-                              f"{rd.TORN}", highlight=False)
         status = "stopped"
         try:
+            if resumed:
+                _tidy(rd, exp, console)
             status = _search(exp, rd, resumed, state, console)
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO):
@@ -265,7 +258,6 @@ def _search(exp: Experiment, rd: RunDir, resumed: bool, state: Heartbeat, consol
             from nexsearch.tensorboard import TrialBoard
 
             progress.listeners.append(TrialBoard(rd.tensorboard).told)
-        restore_space(rd.smac_dir(exp.seed), exp.seed, console)
         smac = build_smac(exp, rd.path, runner_factory, [progress], console=console)
         if exp.workers > 1 or exp.scheduler:
             state.running = lambda: len(smac._runner._pending_trials)
@@ -300,32 +292,51 @@ def _search(exp: Experiment, rd: RunDir, resumed: bool, state: Heartbeat, consol
         _close_quietly(client, cluster)
 
 
+def _used_before(rd: RunDir, console: Console) -> float:
+    """The time a resumed run used: its state file, or the copy the last session left (said so)."""
+    notes: list[str] = []
+    used = float(rd.read_state_guarded(notes, has_smac_state(rd)).get("used_s", 0.0))
+    for note in notes:
+        console.print(f"note: {note}", highlight=False)
+    return used
+
+
+def _tidy(rd: RunDir, exp: Experiment, console: Console) -> None:
+    """Before a resume: a torn last line of the trial log cut away, SMAC's deleted configspace.json written again."""
+    cut = rd.tidy()
+    if cut:
+        console.print(f"the last line of {rd.trials.name} was torn by a kill ({cut} bytes): moved to "
+                      f"{rd.TORN}", highlight=False)
+    restore_space(rd, exp.seed, console)
+
+
 def _close_quietly(*closables: Any) -> None:
     """Close the Dask client and cluster; what Dask raises while an interrupt tears them down is no news."""
     for c in closables:
         if c is not None:
             try:
                 c.close()
-            except (Exception, asyncio.CancelledError):
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException:  # also asyncio's CancelledError
                 pass
 
 
-def restore_space(smac_dir: Path, seed: int, console: Console) -> None:
+def restore_space(rd: RunDir, seed: int, console: Console) -> None:
     """SMAC's configspace.json, deleted from a run with a state, written again: it is the design space itself
     (``build_space``), which SMAC compares on resume. A missing scenario.json is refused with one line."""
-    from nexsearch.rundir import BACKUP_DIR
+    from nexsearch.runners.smac_state import SMAC_FIXED_FILES
 
-    if not ((smac_dir / "runhistory.json").exists() or (smac_dir / BACKUP_DIR / "runhistory.json").exists()):
+    if not has_smac_state(rd):
         return
-    if not (smac_dir / "scenario.json").is_file():
-        raise UserError(f"{smac_dir / 'scenario.json'} is missing: SMAC cannot resume this run; start a new run "
-                        "with another --out")
-    if not (smac_dir / "configspace.json").is_file():
+    space, scenario = (rd.smac_dir(seed) / name for name in SMAC_FIXED_FILES)
+    if not scenario.is_file():
+        raise UserError(f"{scenario} is missing: SMAC cannot resume this run; start a new run with another --out")
+    if not space.is_file():
         from nexsearch.search_space.space import build_space
 
-        build_space(seed=seed).to_json(smac_dir / "configspace.json")
-        console.print(f"note: {smac_dir / 'configspace.json'} was missing: written again from the design space",
-                      highlight=False)
+        build_space(seed=seed).to_json(space)
+        console.print(f"note: {space} was missing: written again from the design space", highlight=False)
 
 
 def _serial_threads(exp: Experiment) -> None:
