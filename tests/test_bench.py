@@ -197,14 +197,14 @@ def test_bench_suite_quick_writes_every_file(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     names = [p["part"] for p in summary["parts"]]
-    assert names == ["train_w0.25", "train_w0.25_eager", "train_w0.125", "infer_channels_last_timm",
-                     "infer_channels_last_keep-format", "infer_contiguous_timm", "infer_contiguous_keep-format", "trials"]
+    assert names == ["train_w0.25", "train_w0.25_eager", "train_w0.125", "steps", "trials", "infer_channels_last_timm",
+                     "infer_channels_last_keep-format", "infer_contiguous_timm", "infer_contiguous_keep-format"]
     assert all(p["ok"] for p in summary["parts"])
     parts = {name: json.loads((out / f"{name}.json").read_text()) for name in names}
     for name in names[:3]:
         assert parts[name]["nexsearch_images_per_s"] > 0 and parts[name]["baseline_images_per_s"] > 0
         assert parts[name]["step"] == "eager" and parts[name]["ops_per_step"]["forward"] > 0
-    for name in names[3:7]:
+    for name in names[5:]:
         r = parts[name]
         assert [x["model"] for x in r["results"]] == ["nexception_t", "legacy_xception"]
         assert all(x["images_per_s"] > 0 for x in r["results"])
@@ -225,7 +225,10 @@ def test_bench_suite_quick_writes_every_file(tmp_path):
     assert levels[1]["speedup"] == pytest.approx(levels[1]["aggregate_images_per_s"] / levels[0]["aggregate_images_per_s"], rel=1e-2)
     table = (out / "summary.md").read_text()
     assert all(f"| {name} |" in table for name in names) and "FAILED" not in table
-    assert "[8/8] trials" in proc.stdout
+    assert "[5/9] trials" in proc.stdout
+    steps = parts["steps"]  # eager and graph, same seed: on the CPU the graph falls back, the curves agree
+    assert steps["runs"]["graph"]["step"] == "eager" and "CUDA" in steps["runs"]["graph"]["step_fallback"]
+    assert steps["equal_within_tolerance"] and len(steps["runs"]["eager"]["train_loss"]) == 3
 
 
 @pytest.mark.parametrize("workers, per_gpu, device, gpus, expected", [

@@ -128,3 +128,22 @@ def test_graph_step_falls_back_with_mixup_and_another_optimizer(synthetic):
     r = train_proxy(preset("nexception"), synthetic, TrainSettings(step="graph", optimizer="adamw", **TINY), seed=0,
                     budget=1)
     assert r["status"] == "ok" and "LAMB optimizer only" in r["step_fallback"]
+
+
+def test_a_graph_step_that_fails_before_its_capture_falls_back(synthetic, monkeypatch):
+    """An error in the graph step's warm-up (say a timm without the functional multi-tensor LAMB) leaves the trial
+    eager, with the reason; out of memory stays out of memory."""
+    def missing(self):
+        raise AttributeError("module 'timm.optim.lamb' has no attribute 'lamb'")
+
+    monkeypatch.setattr(GraphStep, "_lamb", missing)
+    r = train_proxy(preset("nexception"), synthetic, TrainSettings(step="graph", **TINY), seed=0, budget=1)
+    assert r["status"] == "ok" and r["step"] == "eager"
+    assert r["step_fallback"].startswith("graph step failed before its capture: AttributeError")
+
+    def oom(self):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(GraphStep, "_lamb", oom)
+    r = train_proxy(preset("nexception"), synthetic, TrainSettings(step="graph", **TINY), seed=0, budget=1)
+    assert r["status"] == "oom"

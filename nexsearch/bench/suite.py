@@ -6,11 +6,13 @@ cut short still leaves what it measured), then ``DIR/summary.json`` and ``DIR/su
 * ``train_w1.0``, ``train_w1.0_eager``, ``train_w1.0_compile``, ``train_w0.125`` -- bench train at the paper's
   proxy width with the trainer's default step (graph on CUDA), eager and torch.compile steps, and at an eighth
   of the width (``quick``: 0.25 and 0.125); each with the aten ops of one step by phase
-* ``infer_<format>_<blurpool>``     -- bench infer of the presets and timm baselines, channels_last
-  and contiguous, timm's BlurPool and the format-keeping one (four parts; the first runs every
-  default model, the other three the paper's two ratio pairs, to keep within the time limit)
+* ``steps``                        -- one trial trained eagerly and as a CUDA graph with the same seed: both
+  loss curves and their largest difference, images/s and first-epoch seconds of each
 * ``trials``                       -- bench trials at concurrency 1, 2, 4, 8 and auto (packed by GPU memory),
   then 4 and 8 under CUDA MPS where its daemon starts (the first-epoch surplus is the capture's cost)
+* ``infer_<format>_<blurpool>``     -- bench infer of the presets and timm baselines, channels_last
+  and contiguous, timm's BlurPool and the format-keeping one (four parts; the first runs every
+  default model, the other three the paper's two ratio pairs; last, as the time limit allows)
 
 A part that fails (a missing package, out of memory) records its error in its JSON and in the
 summary, and the suite goes on. Every part imports what it needs only when it runs. The
@@ -83,6 +85,11 @@ def _parts(device: str, quick: bool, time_left: Callable[[], float]) -> list[tup
     parts = [(f"train_w{w}{'' if s == 'auto' else '_' + s}", train_cmd.format(w=w, s=s), train(w, s))
              for w, s in ((w1, "auto"), (w1, "eager"), (w1, "compile"), (w8, "auto"))
              if not (quick and s == "compile")]  # compilation takes minutes on a CPU
+    parts.append(("steps", "one trial per step mode, same seed (bench/suite.py: step_equality)",
+                  lambda: step_equality(device, quick)))
+    parts.append(("trials", "nexsearch bench trials --concurrency 1,2,4,8,auto --epochs 2 --images 20000 "
+                            "--trial-images 45000 --mps both (MPS at 4,8)" if not quick
+                  else "nexsearch bench trials (quick sizes, --mps both)", trials))
     for memory in ("channels_last", "contiguous"):
         for keep in (False, True):
             blur = "keep-format" if keep else "timm"
@@ -92,10 +99,35 @@ def _parts(device: str, quick: bool, time_left: Callable[[], float]) -> list[tup
                    else f"nexsearch bench infer --models {','.join(QUICK_INFER_MODELS)} --batch-size 1 --reps 1 "
                         f"--warmup 1 --input-size 32 --memory-format {memory} --blurpool {blur}")
             parts.append((f"infer_{memory}_{blur}", cmd, infer(memory, keep, models)))
-    parts.append(("trials", "nexsearch bench trials --concurrency 1,2,4,8,auto --epochs 2 --images 20000 "
-                            "--trial-images 45000 --mps both (MPS at 4,8)" if not quick
-                  else "nexsearch bench trials (quick sizes, --mps both)", trials))
     return [(name, f"{cmd} --device {device}", thunk) for name, cmd, thunk in parts]
+
+
+def step_equality(device: str, quick: bool = False) -> dict[str, Any]:
+    """The same trial (paper proxy, same seed) trained with ``train.step`` eager and graph: both loss curves, their
+    largest relative difference, each mode's steady images/s and first-epoch seconds (the capture's cost)."""
+    from nexsearch.objectives.datasets import load_dataset
+    from nexsearch.objectives.trainer import TrainSettings, train_proxy
+    from nexsearch.search_space.presets import preset
+
+    size, classes, width, batch = (256, 10, 0.125, 32) if quick else (12800, 100, 1.0, 256)
+    from nexsearch.device import resolve_device
+
+    splits = load_dataset("synthetic", seed=0, image_size=16 if quick else 32, synthetic_size=size,
+                          synthetic_classes=classes, val_fraction=0.1).to(resolve_device(device))
+    runs = {}
+    for mode in ("eager", "graph"):
+        settings = TrainSettings(step=mode, width=width, batch_size=batch, device=device, throughput_iters=2,
+                                 throughput_batch=batch, cudnn_benchmark=False)
+        r = train_proxy(preset("nexception"), splits, settings, seed=0, budget=3)
+        steady = r["curve"][1:]
+        runs[mode] = {"step": r["step"], "step_fallback": r["step_fallback"], "status": r["status"],
+                      "train_loss": [e["train_loss"] for e in r["curve"]], "val_loss": [e["val_loss"] for e in r["curve"]],
+                      "images_per_s": round(sum(e["images"] for e in steady) / sum(e["train_s"] for e in steady), 1),
+                      "first_epoch_s": r["first_epoch_s"], "throughput": r["throughput"]}
+    pairs = [(a, b) for key in ("train_loss", "val_loss") for a, b in zip(runs["eager"][key], runs["graph"][key])]
+    diff = max(abs(a - b) / max(abs(a), 1e-12) for a, b in pairs)
+    return {"runs": runs, "max_relative_loss_difference": round(diff, 6), "tolerance": 0.02,
+            "equal_within_tolerance": diff <= 0.02}
 
 
 def _headline(name: str, result: dict[str, Any]) -> str:
@@ -112,6 +144,12 @@ def _headline(name: str, result: dict[str, Any]) -> str:
         rows = ", ".join(f"{r['model']} {r['images_per_s']:.0f}" for r in result["results"])
         ratios = ", ".join(f"{r['model']}/{r['baseline']} {r['ratio']:.2f}" for r in result["ratios"])
         return f"{rows} images/s" + (f"; {ratios}" if ratios else "")
+    if name == "steps":
+        e, g = result["runs"]["eager"], result["runs"]["graph"]
+        return (f"eager {e['images_per_s']:.0f} images/s (1st epoch {e['first_epoch_s']:.1f} s), {g['step']} "
+                f"{g['images_per_s']:.0f} images/s (1st epoch {g['first_epoch_s']:.1f} s)"
+                + (f" [fell back: {g['step_fallback']}]" if g["step_fallback"] else "")
+                + f"; loss curves differ by at most {100 * result['max_relative_loss_difference']:.2f}%")
     if name == "trials":
         rows = ", ".join(f"N={r['workers']}{' packed' if r.get('packed') else ''}{' MPS' if r.get('mps') else ''}: "
                          f"{r['aggregate_images_per_s']:.0f} images/s ({r['speedup']:.2f}x), "

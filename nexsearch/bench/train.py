@@ -160,23 +160,10 @@ def bench_train(
     batches = DeviceLoader(on_device.train, on_device, settings, g)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    mode = "eager" if precision == "fp16" else resolve_step(step, compile, dev.type)
-    if mode == "graph":
-        warmup = max(warmup, WARMUP_STEPS + 1)  # the capture happens in the untimed steps
     model = make_model(fmt)
-    net = maybe_compile(model, (compile if compile not in (False, "false") else "default") if mode == "compile"
-                        else False)
-    epochs = _cycle(lambda: batches.epoch(batch_size))
-    fallback = None
-    if precision == "fp16":
-        nex_scaler = torch.amp.GradScaler("cuda") if dev.type == "cuda" else None
-        t_nex = _time_steps(net, epochs, steps, warmup, dev, lambda: autocast(dev, precision), nex_scaler,
-                            params=model)
-    else:
-        settings.amp, settings.lr = precision == "bf16", 1e-3
-        t_nex, train = _time_trainer_steps(model, net, epochs, steps, warmup, dev, settings, mode)
-        mode, fallback = train.mode, train.fallback
-    del net, model
+    t_nex, warmup, mode, fallback = _nexsearch_side(model, _cycle(lambda: batches.epoch(batch_size)), steps, warmup,
+                                                    dev, settings, precision, step, compile)
+    del model
     ops = _count_ops(make_model(fmt), batches, batch_size, dev, precision) if count_ops else None
 
     # baseline: PIL + torchvision transforms + DataLoader workers, NCHW, fp32 (CPU) / fp16 AMP (CUDA).
@@ -214,6 +201,24 @@ def bench_train(
         "blurpool_keep_format": blurpool_keep_format,
         "torch": torch.__version__,
     }
+
+
+def _nexsearch_side(model, batches, steps: int, warmup: int, dev, settings, precision: str, step: str,
+                    compile: str | bool) -> tuple[float, int, str, str | None]:
+    """(seconds, warm-up steps, step mode, why a capture fell back) of the trainer's step in ``step`` mode; fp16
+    runs eagerly with a GradScaler; graph mode captures within the warm-up."""
+    mode = "eager" if precision == "fp16" else resolve_step(step, compile, dev.type)
+    if mode == "graph":
+        warmup = max(warmup, WARMUP_STEPS + 1)  # the capture happens in the untimed steps
+    net = maybe_compile(model, (compile if compile not in (False, "false") else "default") if mode == "compile"
+                        else False)
+    if precision == "fp16":
+        scaler = torch.amp.GradScaler("cuda") if dev.type == "cuda" else None
+        return (_time_steps(net, batches, steps, warmup, dev, lambda: autocast(dev, precision), scaler, params=model),
+                warmup, mode, None)
+    settings.amp, settings.lr = precision == "bf16", 1e-3
+    seconds, train = _time_trainer_steps(model, net, batches, steps, warmup, dev, settings, mode)
+    return seconds, warmup, train.mode, train.fallback
 
 
 def _count_ops(model, loader: DeviceLoader, batch_size: int, dev, precision: str) -> dict[str, Any]:

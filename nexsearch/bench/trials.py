@@ -163,21 +163,9 @@ def bench_trials(
                   "step": step},
     }
     config = preset(preset_name)
-    levels, errors, mps_status = [], [], None
     scale = (trial_images or images) / images
-    for use_mps in {"off": (False,), "on": (True,), "both": (False, True)}[mps]:
-        if not use_mps:
-            _run_levels(concurrency, dev, spec, config, epochs, trial_epochs, scale, level_timeout_s, progress,
-                        levels, errors, False)
-            continue
-        from nexsearch.runners.mps import mps_daemon
-
-        with mps_daemon() as mps_status:
-            if mps_status is None:
-                _run_levels(mps_concurrency or concurrency, dev, spec, config, epochs, trial_epochs, scale, level_timeout_s, progress,
-                            levels, errors, True)
-        if progress and mps_status:
-            progress(f"bench trials: MPS {mps_status}")
+    levels, errors, mps_status = _all_levels(concurrency, mps, mps_concurrency, dev, spec, config, epochs,
+                                             trial_epochs, scale, level_timeout_s, progress)
     _speedups(levels)
     if mps == "both" and mps_status is None:
         from nexsearch.runners.mps import record_measurement
@@ -191,6 +179,26 @@ def bench_trials(
         "levels": levels, "errors": errors, "mps": mps, "mps_status": mps_status or ("used" if mps != "off" else "off"),
         "torch": torch.__version__,
     }
+
+
+def _all_levels(concurrency, mps, mps_concurrency, dev, spec, config, epochs, trial_epochs, scale, level_timeout_s,
+                progress) -> tuple[list[dict], list[dict], str | None]:
+    """(rows, errors, why MPS did not run or None) of every level, without and / or with CUDA MPS."""
+    levels, errors, mps_status = [], [], None
+    for use_mps in {"off": (False,), "on": (True,), "both": (False, True)}[mps]:
+        if not use_mps:
+            _run_levels(concurrency, dev, spec, config, epochs, trial_epochs, scale, level_timeout_s, progress,
+                        levels, errors, False)
+            continue
+        from nexsearch.runners.mps import mps_daemon
+
+        with mps_daemon() as mps_status:
+            if mps_status is None:
+                _run_levels(mps_concurrency or concurrency, dev, spec, config, epochs, trial_epochs, scale,
+                            level_timeout_s, progress, levels, errors, True)
+        if progress and mps_status:
+            progress(f"bench trials: MPS {mps_status}")
+    return levels, errors, mps_status
 
 
 def _speedups(levels: list[dict[str, Any]]) -> None:

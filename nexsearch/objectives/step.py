@@ -109,9 +109,9 @@ class GraphStep:
             logits = self.net(self.x)
         loss = self.loss_fn(logits.float(), self.y)
         loss.backward()
-        self.loss_sum.add_(loss.detach())
         with torch.no_grad():
             self._lamb()
+        self.loss_sum.add_(loss.detach())  # after the update: a step that fails leaves the sum as it was
 
     def _lamb(self) -> None:
         """timm's multi-tensor LAMB with the learning rate and the bias corrections as device tensors."""
@@ -141,7 +141,14 @@ class GraphStep:
         if self.graph is not None:
             self.graph.replay()
         elif self.calls <= WARMUP_STEPS or not self.capture:
-            self._warm_step()
+            try:
+                self._warm_step()
+            except torch.OutOfMemoryError:
+                raise
+            except Exception as exc:  # e.g. a timm without the functional multi-tensor LAMB: train eagerly
+                self.host_count -= 1
+                first = str(exc).splitlines()[0] if str(exc) else ""
+                raise StepFallback(f"graph step failed before its capture: {type(exc).__name__}: {first}") from exc
         else:
             self._capture()
             self.graph.replay()
