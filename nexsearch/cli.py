@@ -93,7 +93,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                    help="download CIFAR-100 into --data-dir if missing (--no-download: never)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--seed", type=int)
-    p.add_argument("--optimizer", help="bo, hyperband, random or parego")
+    p.add_argument("--optimizer", help="bo, hyperband, random, parego or evolution")
     p.add_argument("--min-epochs", type=int, help="smallest budget (hyperband)")
     p.add_argument("--max-epochs", type=int, help="epochs per trial (bo, random, parego); largest budget (hyperband)")
     p.add_argument("--objectives", help="comma-separated: error[,latency|params|macs]")

@@ -31,21 +31,22 @@ def _no_prompt(*_: Any, **__: Any) -> str:
 
 
 def build_smac(exp: "Experiment", run_dir: Path, runner_factory, callbacks: list, selector: str = "batched",
-                console: Console | None = None) -> Any:
+                console: Console | None = None, space: Any = None) -> Any:
     """SMAC's facade for ``exp`` in ``run_dir`` (SMAC's files go to ``run_dir/smac/<seed>``): the optimizer's
     facade, its initial design, intensifier and config selector, ParEGO for several objectives, a finite crash
     cost, and the state repaired from its backup when a kill left it truncated. ``runner_factory(scenario,
-    required_arguments)`` makes SMAC's runner; ``callbacks`` are SMAC callbacks (the live view)."""
+    required_arguments)`` makes SMAC's runner; ``callbacks`` are SMAC callbacks (the live view); ``space``: another
+    ConfigSpace than nexsearch's (``bench optimizers``: a NAS-Bench-201 table's)."""
     import smac.main.smbo
     from smac import HyperparameterOptimizationFacade, MultiFidelityFacade, RandomFacade, Scenario
     from smac.main.config_selector import ConfigSelector
     from smac.multi_objective.parego import ParEGO
 
-    from nexsearch.runners.selector import BatchedConfigSelector
+    from nexsearch.runners.selector import BatchedConfigSelector, fast_forest
     from nexsearch.search_space.space import build_space
 
     selector_cls = BatchedConfigSelector if selector == "batched" else ConfigSelector  # "smac": SMAC's own
-    space = build_space(seed=exp.seed)
+    space = build_space(seed=exp.seed) if space is None else space
     crash = exp.crash_cost if not exp.multi_objective else [exp.crash_cost] + [SECONDARY_CRASH_COST] * (
         len(exp.objectives) - 1)
     hyperband = exp.optimizer == "hyperband"
@@ -68,12 +69,16 @@ def build_smac(exp: "Experiment", run_dir: Path, runner_factory, callbacks: list
     if exp.optimizer == "random":
         facade = RandomFacade
         kwargs = dict(intensifier=RandomFacade.get_intensifier(scenario, max_config_calls=1))
+    elif exp.optimizer == "evolution":
+        from nexsearch.runners.evolution import evolution_kwargs
+
+        facade, kwargs = RandomFacade, evolution_kwargs(scenario, space)
     elif hyperband:
         facade = MultiFidelityFacade
         kwargs = dict(
             initial_design=MultiFidelityFacade.get_initial_design(scenario, n_configs=exp.initial_design),
             intensifier=MultiFidelityFacade.get_intensifier(scenario, eta=exp.eta),
-            config_selector=selector_cls(scenario, retrain_after=exp.retrain_after),
+            config_selector=selector_cls(scenario, retrain_after=exp.retrain_after), model=fast_forest(scenario),
         )
     else:
         facade = HyperparameterOptimizationFacade
@@ -81,7 +86,7 @@ def build_smac(exp: "Experiment", run_dir: Path, runner_factory, callbacks: list
             initial_design=facade.get_initial_design(
                 scenario, n_configs=exp.initial_design, additional_configs=[space.get_default_configuration()]),
             intensifier=facade.get_intensifier(scenario, max_config_calls=1),
-            config_selector=selector_cls(scenario, retrain_after=exp.retrain_after),
+            config_selector=selector_cls(scenario, retrain_after=exp.retrain_after), model=fast_forest(scenario),
         )
     if exp.multi_objective and exp.optimizer != "random":
         kwargs["multi_objective_algorithm"] = ParEGO(scenario)
