@@ -19,14 +19,40 @@ import numpy as np
 from nexsearch.bench.optimizers import Table, _smac_run, configspace, regrets, run_one
 
 BASE = dict(initial_design=20, retrain_after=8, random_p=0.2, deterministic=True, max_config_calls=1, n_jobs=-1,
-            leaf=1, split=2, trees=10, challengers=10000, log_y=True, leaves=2**20)
+            leaf=1, split=2, trees=10, challengers=10000, log_y=True, leaves=2**20, splitter="random", one_hot=False)
 VARIANTS: dict[str, dict[str, Any]] = {
     "base": {}, "nj1": dict(n_jobs=1), "rand0": dict(random_p=0.0), "rand05": dict(random_p=0.05),
     "det3": dict(deterministic=False, max_config_calls=3), "det2": dict(deterministic=False, max_config_calls=2),
     "init10": dict(initial_design=10), "init40": dict(initial_design=40), "retrain4": dict(retrain_after=4),
     "retrain1": dict(retrain_after=1), "leaf3": dict(leaf=3, split=3), "trees30": dict(trees=30),
     "nolog": dict(log_y=False), "slowrf": dict(leaves=2**20, n_jobs=-1),
+    "best": dict(splitter="best"), "onehot": dict(one_hot=True),
 }
+
+
+def one_hot_categoricals(X: np.ndarray, space) -> np.ndarray:
+    """``X`` (SMAC's vectors, inactive values imputed) with each categorical column as one 0/1 column per choice
+    (and one for "inactive"): a tree then splits one choice off the others, not the choices' arbitrary order."""
+    from ConfigSpace import CategoricalHyperparameter
+
+    cols = [X[:, i:i + 1] == np.arange(len(hp.choices) + 1)[None, :] if isinstance(hp, CategoricalHyperparameter)
+            else X[:, i:i + 1] for i, hp in enumerate(space.values())]
+    return np.hstack(cols).astype(float)
+
+
+def _one_hot_forest():
+    from nexsearch.runners.selector import RandomForest
+
+    class OneHotForest(RandomForest):
+        """The "onehot" variant: nexsearch's forest on one-hot categoricals (every feature at every split)."""
+
+        def _impute_inactive(self, X: np.ndarray) -> np.ndarray:
+            return one_hot_categoricals(super()._impute_inactive(X), self._configspace)
+
+        def _train(self, X: np.ndarray, y: np.ndarray):
+            self._rf_opts["max_features"] = 1.0
+            return super()._train(X, y)
+    return OneHotForest
 
 
 def options(name: str) -> dict[str, Any]:
@@ -41,6 +67,8 @@ def runner(opts: dict[str, Any]):
         from smac import HyperparameterOptimizationFacade as HPO, Scenario
         from smac.model.random_forest import RandomForest
 
+        if opts["one_hot"]:
+            RandomForest = _one_hot_forest()  # noqa: N806
         from nexsearch.runners.selector import BatchedConfigSelector
 
         def build(target, tmp: Path):
@@ -49,7 +77,7 @@ def runner(opts: dict[str, Any]):
                                 n_trials=n, seed=seed)
             model = RandomForest(space, log_y=opts["log_y"], n_trees=opts["trees"], ratio_features=1.0,
                                  min_samples_split=opts["split"], min_samples_leaf=opts["leaf"], seed=seed,
-                                 n_jobs=opts["n_jobs"], max_leaf_nodes=opts["leaves"])
+                                 n_jobs=opts["n_jobs"], max_leaf_nodes=opts["leaves"], splitter=opts["splitter"])
             return HPO(scenario, target, overwrite=True, logging_level=40, model=model,
                        initial_design=HPO.get_initial_design(scenario, n_configs=opts["initial_design"],
                                                              additional_configs=[space.get_default_configuration()]),

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -332,11 +333,12 @@ def plot(result: dict[str, Any], path: Path) -> Path:
             line, = ax.plot(ks, mean, marker="o", ms=3, label=name)
             ax.fill_between(ks, mean - se, mean + se, color=line.get_color(), alpha=0.15)
         ax.set_xscale("log")
+        ax.minorticks_off()
         ax.set_xticks(ks, [str(k) for k in ks])
-        ax.set_title(f"NAS-Bench-201 {t}, {n}")
+        ax.set_title(f"NAS-Bench-201 {t}, {n} ({result['seeds']} seeds)")
         ax.set_xlabel("calls k")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel(f"regret (accuracy points), mean ± s.e. of {result['seeds']} seeds")
+    axes[0][0].set_ylabel("regret (accuracy points), mean ± s.e.")
     axes[0][-1].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -393,7 +395,7 @@ def main(args: argparse.Namespace) -> int:
     if args.seeds < 1 or not ks or ks[0] < 1:
         raise UserError("--seeds and every k of --ks must be >= 1")
     multi = None if args.multi == "none" else args.multi
-    log = (lambda s: None) if args.json else (lambda s: print(s, flush=True))
+    log = lambda s: print(s, file=sys.stderr, flush=True)  # progress: one line per run, on stderr  # noqa: E731
     result = bench_optimizers(
         _names(args.tables, TABLES, "table"), _names(args.noise, ("noisy", "exact"), "noise"),
         _names(args.optimizers, SINGLE, "optimizer"), args.seeds, ks, multi,
