@@ -114,28 +114,28 @@ def test_noisy_calls_draw_one_training_seed():
 
 
 def test_tiny_benchmark_runs_every_optimizer(tmp_path):
-    from nexsearch.bench.optimizers import MULTI, SINGLE, bench_optimizers, plot
+    """Every optimizer, noisy, 2 seeds of 12 calls (bo and parego with an initial design of 4, so that their
+    surrogate chooses too); the cheap ones also exact, where the reported configuration only gets better."""
+    from nexsearch.bench.optimizers import MULTI, SINGLE, Table, bench_optimizers, bench_single, plot
 
-    have_tpe = True
     try:
         import optuna  # noqa: F401
+        names, multi = list(SINGLE), list(MULTI)
     except ImportError:
-        have_tpe = False
-    names = [n for n in SINGLE if have_tpe or n != "tpe"]
-    multi = [n for n in MULTI if have_tpe or n != "tpe"]
-    ks = [5, 25]
-    result = bench_optimizers(["cifar10"], ["exact", "noisy"], names, 2, ks, "latency", multi)
-    # SMAC's own defaults carry SMAC's slow forest: noisy only
-    for noise in ("exact", "noisy"):
-        by_opt = result["single"]["cifar10"][noise]
-        assert set(by_opt) == set(names)
-        for name, r in by_opt.items():
-            per_seed = np.asarray(r["per_seed"])
-            assert per_seed.shape == (2, len(ks)) and (per_seed >= 0).all()
-            assert all(r["top5"][str(k)][0] <= r["regret"][str(k)][0] + 1e-9 for k in ks)
-            if noise == "exact":  # without noise the reported configuration only gets better
-                assert (np.diff(per_seed, axis=1) <= 1e-9).all()
-            assert r["overhead_s_per_100"] >= 0 and r["seeds_beating_random"][str(ks[-1])] in (0, 1, 2)
+        names, multi = [n for n in SINGLE if n != "tpe"], [n for n in MULTI if n != "tpe"]
+    ks = [4, 12]
+    result = bench_optimizers(["cifar10"], ["noisy"], names, 2, ks, "latency", multi, {"initial_design": 4})
+    by_opt = result["single"]["cifar10"]["noisy"]
+    assert set(by_opt) == set(names)
+    for name, r in by_opt.items():
+        per_seed = np.asarray(r["per_seed"])
+        assert per_seed.shape == (2, len(ks)) and (per_seed >= 0).all()
+        assert all(r["top5"][str(k)][0] <= r["regret"][str(k)][0] + 1e-9 for k in ks)
+        assert r["overhead_s_per_100"] >= 0 and r["seeds_beating_random"][str(ks[-1])] in (0, 1, 2)
+    exact = bench_single(Table("cifar10"), False, [n for n in names if n in ("tpe", "evolution", "random")], 2,
+                         [4, 12, 30], {})
+    for r in exact.values():
+        assert (np.diff(np.asarray(r["per_seed"]), axis=1) <= 1e-9).all()
     for name in multi:
         hv = [result["multi"]["cifar10"][name]["hypervolume"][str(k)][0] for k in ks]
         assert 0 < hv[0] <= hv[1] <= 1
