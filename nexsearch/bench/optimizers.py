@@ -36,6 +36,7 @@ MULTI = ("parego", "tpe", "random")
 KS = (25, 50, 100, 200, 400)
 OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
 N_OPS = 6
+COLORS = {"bo": "C0", "smac-defaults": "C1", "tpe": "C2", "evolution": "C3", "random": "C4", "parego": "C5"}
 SECOND = {"latency": "latency", "params": "model_size"}  # nexsearch's objective name -> the table's column
 
 
@@ -330,8 +331,8 @@ def plot(result: dict[str, Any], path: Path) -> Path:
         for name, r in result["single"][t][n].items():
             mean = np.array([r["regret"][str(k)][0] for k in ks])
             se = np.array([r["regret"][str(k)][1] for k in ks])
-            line, = ax.plot(ks, mean, marker="o", ms=3, label=name)
-            ax.fill_between(ks, mean - se, mean + se, color=line.get_color(), alpha=0.15)
+            ax.plot(ks, mean, marker="o", ms=3, label=name, color=COLORS[name])
+            ax.fill_between(ks, mean - se, mean + se, color=COLORS[name], alpha=0.15)
         ax.set_xscale("log")
         ax.minorticks_off()
         ax.set_xticks(ks, [str(k) for k in ks])
