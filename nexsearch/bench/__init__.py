@@ -8,6 +8,7 @@ that ``nexsearch --help`` imports neither torch nor SMAC.
 * ``trials`` -- N concurrent proxy trials on one device through Dask: proxy evaluations per day (``trials.py``)
 * ``infer``  -- inference throughput of presets, exports and timm baselines (``infer.py``)
 * ``smac``   -- SMAC's own overhead per trial (``smac.py``)
+* ``optimizers`` -- the search itself on NAS-Bench-201 tables against its peers (``optimizers.py``)
 * ``suite``  -- all of the above that measure a device, one JSON per part and a summary (``suite.py``)
 """
 
@@ -113,6 +114,24 @@ def _add_smac(sub: argparse._SubParsersAction) -> None:
     _json(p)
 
 
+def _add_optimizers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("optimizers", help="nexsearch's optimizers against random search, evolution, SMAC's defaults "
+                                          "and Optuna's TPE on NAS-Bench-201 tables: regret after k calls")
+    p.add_argument("--tables", default="cifar10,imagenet", help="cifar10, cifar100, imagenet (default cifar10,imagenet)")
+    p.add_argument("--noise", default="noisy,exact", help="noisy (one training seed per call), exact (their mean)")
+    p.add_argument("--optimizers", default="bo,smac-defaults,tpe,evolution,random",
+                   help="bo, smac-defaults, tpe, evolution, random (default all)")
+    p.add_argument("--seeds", type=int, default=10, help="repetitions per optimizer (default 10)")
+    p.add_argument("--ks", default="25,50,100,200,400", help="calls at which regret is read (default 25,...,400)")
+    p.add_argument("--multi", default="latency", choices=["latency", "params", "none"],
+                   help="second objective of the multi-objective part (default latency; none: skip it)")
+    p.add_argument("--multi-optimizers", default="parego,tpe,random", help="parego, tpe, random (default all)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="experiment setting of the bo / parego rows (e.g. initial_design=40); repeatable")
+    p.add_argument("--plot", help="PNG of regret against k")
+    _json(p)
+
+
 def _add_suite(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("suite", help="measure a device in one call: train, trials, infer; one JSON per part "
                                      "and a summary table")
@@ -124,7 +143,8 @@ def _add_suite(sub: argparse._SubParsersAction) -> None:
     _device(p, default="auto")
 
 
-BENCHES = {"train": _add_train, "trials": _add_trials, "infer": _add_infer, "smac": _add_smac, "suite": _add_suite}
+BENCHES = {"train": _add_train, "trials": _add_trials, "infer": _add_infer, "smac": _add_smac, "optimizers": _add_optimizers,
+           "suite": _add_suite}
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -200,6 +200,8 @@ class Experiment(TrialInputs):
         if self.optimizer not in OPTIMIZERS:
             raise UserError(f"unknown optimizer '{self.optimizer}': choose one of {', '.join(OPTIMIZERS)}")
         self.objectives = list(check_objectives(self.objectives))
+        if self.optimizer == "evolution" and len(self.objectives) > 1:
+            raise UserError("optimizer 'evolution' searches one objective: use 'parego' (or 'bo') for several")
         if self.optimizer == "parego" and len(self.objectives) < 2:
             raise UserError("optimizer 'parego' needs a second objective: --objectives error,latency (or params, macs)")
         if not (1 <= self.min_epochs <= self.max_epochs):

@@ -21,18 +21,19 @@ if TYPE_CHECKING:
 
 
 def build_smac(exp: "Experiment", run_dir: Path, runner_factory, callbacks: list, selector: str = "batched",
-               console: Console | None = None) -> Any:
+               console: Console | None = None, space: Any = None) -> Any:
     """The optimizer of ``exp`` (``nexsearch.runners.optimizers.OPTIMIZERS``) in ``run_dir`` (SMAC's files go to
     ``run_dir/smac/<seed>``), with its state backed up after every trial. ``runner_factory(scenario,
     required_arguments)`` makes SMAC's runner; ``callbacks`` are SMAC callbacks (the live view); ``selector``:
-    ``batched`` (nexsearch's config selector) or ``smac`` (SMAC's own)."""
+    ``batched`` (nexsearch's config selector) or ``smac`` (SMAC's own); ``space``: another ConfigSpace than
+    nexsearch's (``bench optimizers``: a NAS-Bench-201 table's)."""
     from smac.main.config_selector import ConfigSelector
 
     from nexsearch.runners.optimizers import OPTIMIZERS, SearchSetup
     from nexsearch.runners.selector import BatchedConfigSelector
 
     setup = SearchSetup(exp, Path(run_dir), runner_factory, [*callbacks, BackupState()],
-                        BatchedConfigSelector if selector == "batched" else ConfigSelector, console)
+                        BatchedConfigSelector if selector == "batched" else ConfigSelector, console, space)
     return OPTIMIZERS[exp.optimizer](setup)
 
 

@@ -41,6 +41,7 @@ class SearchSetup:
     callbacks: list = field(default_factory=list)
     selector: type | None = None
     console: "Console | None" = None
+    space: Any = None  # another ConfigSpace than nexsearch's design space (``bench optimizers``: a table's)
 
     def scenario(self, **budgets: Any) -> Any:
         """SMAC's scenario of the experiment (``budgets``: ``min_budget``/``max_budget`` of a multi-fidelity
@@ -54,8 +55,9 @@ class SearchSetup:
         exp = self.exp
         crash = exp.crash_cost if not exp.multi_objective else [exp.crash_cost] + [SECONDARY_CRASH_COST] * (
             len(exp.objectives) - 1)
+        space = build_space(seed=exp.seed) if self.space is None else self.space
         scenario = Scenario(
-            configspace=build_space(seed=exp.seed), name="smac", output_directory=self.run_dir, deterministic=True,
+            configspace=space, name="smac", output_directory=self.run_dir, deterministic=True,
             objectives=exp.objectives if exp.multi_objective else "error", crash_cost=crash, n_trials=exp.max_trials,
             seed=exp.seed, **budgets,
         )
@@ -73,6 +75,13 @@ class SearchSetup:
 
     def config_selector(self, scenario: Any) -> Any:
         return self.selector(scenario, retrain_after=self.exp.retrain_after)
+
+    @staticmethod
+    def model(scenario: Any) -> Any:
+        """The surrogate of the model-based optimizers: SMAC's random forest, fitted fast (``selector.fast_forest``)."""
+        from nexsearch.runners.selector import fast_forest
+
+        return fast_forest(scenario)
 
     def build(self, facade: type, scenario: Any, required: list[str], parego: bool = True, **kwargs: Any) -> Any:
         """``facade(scenario, runner, **kwargs)`` with the callbacks, ParEGO for several objectives (unless
@@ -107,7 +116,7 @@ def bayesian_optimization(setup: SearchSetup) -> Any:
                                        additional_configs=[scenario.configspace.get_default_configuration()])
     return setup.build(Facade, scenario, ["seed"], initial_design=design,
                        intensifier=Facade.get_intensifier(scenario, max_config_calls=1),
-                       config_selector=setup.config_selector(scenario))
+                       config_selector=setup.config_selector(scenario), model=setup.model(scenario))
 
 
 def hyperband(setup: SearchSetup) -> Any:
@@ -120,7 +129,7 @@ def hyperband(setup: SearchSetup) -> Any:
     return setup.build(Facade, scenario, ["seed", "budget"],
                        initial_design=Facade.get_initial_design(scenario, n_configs=exp.initial_design),
                        intensifier=Facade.get_intensifier(scenario, eta=exp.eta),
-                       config_selector=setup.config_selector(scenario))
+                       config_selector=setup.config_selector(scenario), model=setup.model(scenario))
 
 
 def random_search(setup: SearchSetup) -> Any:
@@ -132,10 +141,22 @@ def random_search(setup: SearchSetup) -> Any:
                        intensifier=Facade.get_intensifier(scenario, max_config_calls=1))
 
 
+def evolution(setup: SearchSetup) -> Any:
+    """Regularized evolution (``runners/evolution.py``) as a SMAC config selector on SMAC's random facade (no
+    surrogate): one call per configuration, resumable from the runhistory. One objective."""
+    from smac import RandomFacade as Facade
+
+    from nexsearch.runners.evolution import evolution_kwargs
+
+    scenario = setup.scenario()
+    return setup.build(Facade, scenario, ["seed"], parego=False, **evolution_kwargs(scenario, scenario.configspace))
+
+
 # name (experiment files, --optimizer) -> factory(SearchSetup) -> a SMAC facade
 OPTIMIZERS: dict[str, Callable[[SearchSetup], Any]] = {
     "bo": bayesian_optimization,
     "hyperband": hyperband,
     "random": random_search,
     "parego": bayesian_optimization,  # with several objectives, which the experiment requires for it
+    "evolution": evolution,
 }

@@ -5,12 +5,15 @@ configuration one at a time: one random-forest call (with its joblib start-up) p
 configuration at every retraining, which makes SMAC's overhead grow linearly with the run's
 history. This subclass makes the same choice -- the evaluated configuration with the lowest
 predicted mean, the first one on ties -- from a single batched prediction.
+
+``fast_forest``: SMAC's random forest, fitted ~50x faster (see ``RandomForest``).
 """
 
 from __future__ import annotations
 
 import numpy as np
 from smac.main.config_selector import ConfigSelector
+from smac.model.random_forest import random_forest
 
 
 class BatchedConfigSelector(ConfigSelector):
@@ -21,3 +24,27 @@ class BatchedConfigSelector(ConfigSelector):
         means = np.asarray(means).reshape(len(X), -1)[:, 0]
         i = int(np.argmin(means))  # argmin keeps the first of equal values, as SMAC's stable sort does
         return X[i], float(means[i])
+
+
+
+
+class RandomForest(random_forest.RandomForest):
+    """SMAC's random forest fitted in one thread and without scikit-learn's best-first builder. SMAC 2.4.1 hands
+    scikit-learn ``max_leaf_nodes=2**20``, which switches it to that builder; it sets up for 2**20 leaves and
+    takes ~0.4 s per tree however few the trials (10 trees per retraining). A tree holds at most one leaf per
+    trial, so the cap never binds: without it scikit-learn grows the same kind of fully grown trees depth-first
+    in ~2 ms. joblib's threads cost more than they save on 10 small trees. The class name and the options SMAC
+    records in its scenario (and compares on resume) stay SMAC's own, so that runs started before resume."""
+
+    def _train(self, X: np.ndarray, y: np.ndarray):
+        opts, self._rf_opts = self._rf_opts, dict(self._rf_opts, n_jobs=1, max_leaf_nodes=None)
+        try:
+            return super()._train(X, y)
+        finally:
+            self._rf_opts = opts
+
+
+def fast_forest(scenario) -> RandomForest:
+    """The forest of SMAC's HPO facade (10 trees, all features, log cost), fitted fast (see ``RandomForest``)."""
+    return RandomForest(scenario.configspace, log_y=True, n_trees=10, ratio_features=1.0, min_samples_split=2,
+                        min_samples_leaf=1, instance_features=scenario.instance_features, seed=scenario.seed)

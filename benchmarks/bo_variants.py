@@ -1,0 +1,117 @@
+"""Variants of nexsearch's ``bo`` facade on NAS-Bench-201 (the tuning behind its defaults; docs/benchmarks.md).
+
+    python benchmarks/bo_variants.py --table cifar10 --seeds 4 --k 200 base rand0 det3 ... > log
+
+Each variant is the facade ``build_smac`` makes for ``optimizer: bo`` (HPO facade, Sobol design plus the
+default configuration, batched selector) with one or more settings changed; names combine with '+'
+(``rand0+init10``). Prints one JSON line per variant: regret (accuracy points) after k/4, k/2 and k calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nexsearch.bench.optimizers import Table, _smac_run, configspace, regrets, run_one
+
+BASE = dict(initial_design=20, retrain_after=8, random_p=0.2, deterministic=True, max_config_calls=1, n_jobs=-1,
+            leaf=1, split=2, trees=10, challengers=10000, log_y=True, leaves=2**20, splitter="random", one_hot=False)
+VARIANTS: dict[str, dict[str, Any]] = {
+    "base": {}, "nj1": dict(n_jobs=1), "rand0": dict(random_p=0.0), "rand05": dict(random_p=0.05),
+    "det3": dict(deterministic=False, max_config_calls=3), "det2": dict(deterministic=False, max_config_calls=2),
+    "init10": dict(initial_design=10), "init40": dict(initial_design=40), "retrain4": dict(retrain_after=4),
+    "retrain1": dict(retrain_after=1), "leaf3": dict(leaf=3, split=3), "trees30": dict(trees=30),
+    "nolog": dict(log_y=False), "slowrf": dict(leaves=2**20, n_jobs=-1),
+    "best": dict(splitter="best"), "onehot": dict(one_hot=True),
+}
+
+
+def one_hot_categoricals(X: np.ndarray, space) -> np.ndarray:
+    """``X`` (SMAC's vectors, inactive values imputed) with each categorical column as one 0/1 column per choice
+    (and one for "inactive"): a tree then splits one choice off the others, not the choices' arbitrary order."""
+    from ConfigSpace import CategoricalHyperparameter
+
+    cols = [X[:, i:i + 1] == np.arange(len(hp.choices) + 1)[None, :] if isinstance(hp, CategoricalHyperparameter)
+            else X[:, i:i + 1] for i, hp in enumerate(space.values())]
+    return np.hstack(cols).astype(float)
+
+
+def _one_hot_forest():
+    from nexsearch.runners.selector import RandomForest
+
+    class OneHotForest(RandomForest):
+        """The "onehot" variant: nexsearch's forest on one-hot categoricals (every feature at every split)."""
+
+        def _impute_inactive(self, X: np.ndarray) -> np.ndarray:
+            return one_hot_categoricals(super()._impute_inactive(X), self._configspace)
+
+        def _train(self, X: np.ndarray, y: np.ndarray):
+            self._rf_opts["max_features"] = 1.0
+            return super()._train(X, y)
+    return OneHotForest
+
+
+def options(name: str) -> dict[str, Any]:
+    opts = dict(BASE, n_jobs=1, leaves=None)  # a forest as fast as SMAC's (see "slowrf"): every variant below
+    for part in name.split("+"):
+        opts.update(VARIANTS[part])
+    return opts
+
+
+def runner(opts: dict[str, Any]):
+    def run(trace, table, n, seed, evaluate) -> None:
+        from smac import HyperparameterOptimizationFacade as HPO, Scenario
+        from smac.model.random_forest import RandomForest
+
+        if opts["one_hot"]:
+            RandomForest = _one_hot_forest()  # noqa: N806
+        from nexsearch.runners.selector import BatchedConfigSelector
+
+        def build(target, tmp: Path):
+            space = configspace(seed)
+            scenario = Scenario(space, name="smac", output_directory=tmp, deterministic=opts["deterministic"],
+                                n_trials=n, seed=seed)
+            model = RandomForest(space, log_y=opts["log_y"], n_trees=opts["trees"], ratio_features=1.0,
+                                 min_samples_split=opts["split"], min_samples_leaf=opts["leaf"], seed=seed,
+                                 n_jobs=opts["n_jobs"], max_leaf_nodes=opts["leaves"], splitter=opts["splitter"])
+            return HPO(scenario, target, overwrite=True, logging_level=40, model=model,
+                       initial_design=HPO.get_initial_design(scenario, n_configs=opts["initial_design"],
+                                                             additional_configs=[space.get_default_configuration()]),
+                       intensifier=HPO.get_intensifier(scenario, max_config_calls=opts["max_config_calls"]),
+                       random_design=HPO.get_random_design(scenario, probability=opts["random_p"]),
+                       acquisition_maximizer=HPO.get_acquisition_maximizer(scenario, challengers=opts["challengers"]),
+                       config_selector=BatchedConfigSelector(scenario, retrain_after=opts["retrain_after"]))
+        _smac_run(trace, table, n, seed, evaluate, build)
+    return run
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("variants", nargs="+")
+    p.add_argument("--table", default="cifar10")
+    p.add_argument("--seeds", type=int, default=4)
+    p.add_argument("--first-seed", type=int, default=0)
+    p.add_argument("--k", type=int, default=200)
+    p.add_argument("--exact", action="store_true")
+    args = p.parse_args()
+    table = Table(args.table)
+    ks = [args.k // 4, args.k // 2, args.k]
+    for name in args.variants:
+        rows, secs = [], []
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
+            trace = run_one(runner(options(name)), table, args.k, seed, not args.exact)
+            rows.append(regrets(trace, table, ks)["regret"])
+            secs.append(trace.seconds)
+        a = np.asarray(rows)
+        print(json.dumps({"variant": name, "table": args.table, "ks": ks, "mean": a.mean(0).round(3).tolist(),
+                          "se": (a.std(0, ddof=1) / np.sqrt(len(a))).round(3).tolist() if len(a) > 1 else None,
+                          "per_seed": a.round(2).tolist(), "s_per_100": round(100 * np.mean(secs) / args.k, 2)}),
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
