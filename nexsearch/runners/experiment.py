@@ -76,6 +76,7 @@ FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "eta": _at_least(2),
     "initial_design": _at_least(0),
     "retrain_after": _at_least(1),
+    "calls_per_config": _at_least(1),
     "max_trials": _at_least(1),
     "crash_cost": _FINITE_NON_NEGATIVE,
     "workers": _at_least(1),
@@ -156,6 +157,7 @@ class Experiment(TrialInputs):
     eta: int = 3  # hyperband
     initial_design: int = 20  # configurations SMAC evaluates before its surrogate takes over
     retrain_after: int = 8  # surrogate retraining frequency (trials)
+    calls_per_config: int = 1  # bo/parego: calls with new seeds for the leading configurations (SMAC intensifies)
     max_trials: int = 1_000_000  # safety cap; the wall-clock budget normally ends a run
     crash_cost: float = 1.0
     workers: int | str = 1  # parallel trials (Dask), or "auto": #GPUs x workers_per_gpu, else the CPU slots

@@ -51,7 +51,7 @@ def build_smac(exp: "Experiment", run_dir: Path, runner_factory, callbacks: list
         len(exp.objectives) - 1)
     hyperband = exp.optimizer == "hyperband"
     scenario = Scenario(
-        configspace=space, name="smac", output_directory=run_dir, deterministic=True,
+        configspace=space, name="smac", output_directory=run_dir, deterministic=exp.calls_per_config == 1,
         objectives=exp.objectives if exp.multi_objective else "error", crash_cost=crash, n_trials=exp.max_trials,
         min_budget=exp.min_epochs if hyperband else None, max_budget=exp.max_epochs if hyperband else None,
         seed=exp.seed,
@@ -85,7 +85,7 @@ def build_smac(exp: "Experiment", run_dir: Path, runner_factory, callbacks: list
         kwargs = dict(
             initial_design=facade.get_initial_design(
                 scenario, n_configs=exp.initial_design, additional_configs=[space.get_default_configuration()]),
-            intensifier=facade.get_intensifier(scenario, max_config_calls=1),
+            intensifier=facade.get_intensifier(scenario, max_config_calls=exp.calls_per_config),
             config_selector=selector_cls(scenario, retrain_after=exp.retrain_after), model=fast_forest(scenario),
         )
     if exp.multi_objective and exp.optimizer != "random":
