@@ -159,3 +159,22 @@ def test_bench_optimizers_cli_refuses_unknown_names(capsys):
 
     assert main(["bench", "optimizers", "--tables", "mnist", "--seeds", "1", "--ks", "2"]) == 2
     assert "unknown table mnist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("calls", [1, 3])
+def test_calls_per_config_repeats_the_leading_configurations_with_new_seeds(tmp_path, calls):
+    from smac.runner import TargetFunctionRunner
+
+    from nexsearch.bench.smac import fake_target
+    from nexsearch.runners.experiment import Experiment
+    from nexsearch.runners.facade import build_smac
+
+    exp = Experiment(name="rep", dataset="synthetic", max_trials=30, initial_design=5, calls_per_config=calls)
+    smac = build_smac(exp, tmp_path, lambda sc, req: TargetFunctionRunner(sc, fake_target, required_arguments=["seed"]),
+                      [])
+    smac.optimize()
+    seeds: dict[int, set] = {}
+    for key in smac.runhistory:
+        seeds.setdefault(key.config_id, set()).add(key.seed)
+    most = max(len(s) for s in seeds.values())
+    assert most == calls and smac.runhistory.finished == 30

@@ -90,6 +90,7 @@ FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "eta": _between(2, 1000),
     "initial_design": _between(0, 1_000_000),
     "retrain_after": _between(1, 1_000_000),
+    "calls_per_config": _between(1, 100),
     "max_trials": _between(1, 1_000_000_000),
     "crash_cost": _between(0, 1e12),
     "workers": _between(1, 4096),
@@ -171,6 +172,7 @@ class Experiment(TrialInputs):
     eta: int = 3  # hyperband
     initial_design: int = 20  # configurations SMAC evaluates before its surrogate takes over
     retrain_after: int = 8  # surrogate retraining frequency (trials)
+    calls_per_config: int = 1  # bo/parego: calls with new seeds for the leading configurations (SMAC intensifies)
     max_trials: int = 1_000_000  # safety cap; the wall-clock budget normally ends a run
     crash_cost: float = 1.0
     workers: int | str = 1  # parallel trials (Dask), or "auto": #GPUs x workers_per_gpu, else the CPU slots

@@ -57,7 +57,7 @@ class SearchSetup:
             len(exp.objectives) - 1)
         space = build_space(seed=exp.seed) if self.space is None else self.space
         scenario = Scenario(
-            configspace=space, name="smac", output_directory=self.run_dir, deterministic=True,
+            configspace=space, name="smac", output_directory=self.run_dir, deterministic=exp.calls_per_config == 1,
             objectives=exp.objectives if exp.multi_objective else "error", crash_cost=crash, n_trials=exp.max_trials,
             seed=exp.seed, **budgets,
         )
@@ -108,14 +108,15 @@ def _no_prompt(*_: Any, **__: Any) -> str:
 
 def bayesian_optimization(setup: SearchSetup) -> Any:
     """SMAC's HPO facade (random forest, EI): an initial design with the default configuration (Xception),
-    one evaluation per configuration; ParEGO for several objectives (``parego``)."""
+    ``calls_per_config`` evaluations (new seeds) for the leading configurations (1: one evaluation each, a
+    deterministic scenario); ParEGO for several objectives (``parego``)."""
     from smac import HyperparameterOptimizationFacade as Facade
 
     scenario = setup.scenario()
     design = Facade.get_initial_design(scenario, n_configs=setup.exp.initial_design,
                                        additional_configs=[scenario.configspace.get_default_configuration()])
     return setup.build(Facade, scenario, ["seed"], initial_design=design,
-                       intensifier=Facade.get_intensifier(scenario, max_config_calls=1),
+                       intensifier=Facade.get_intensifier(scenario, max_config_calls=setup.exp.calls_per_config),
                        config_selector=setup.config_selector(scenario), model=setup.model(scenario))
 
 
