@@ -39,6 +39,16 @@ def _space(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int_or_auto(text: str) -> int | str:
+    """A whole number, or the word auto (argparse names the flag when neither)."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a whole number or auto, got {text!r}") from None
+
+
 def _add_space(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("space", help="print the design space: every dimension, its values and the exact size")
     p.add_argument("--json", action="store_true", help="print one JSON object (keys: size, hyperparameters, ...)")
@@ -107,8 +117,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                                         "(e.g. error,full_latency)")
     p.add_argument("--workers", help="parallel trials through Dask: a number, or auto (#GPUs x --workers-per-gpu, "
                                      "else one per CPU slot)")
-    p.add_argument("--workers-per-gpu", type=int, help="trials sharing each GPU under --workers auto (default 4; "
-                                                       "pick it with nexsearch bench trials)")
+    p.add_argument("--workers-per-gpu", type=_int_or_auto, help="trials sharing each GPU under --workers auto "
+                   "(default 4; pick it with nexsearch bench trials), or auto: as many as fit by memory")
     p.add_argument("--scheduler", help="address of an existing Dask scheduler to join (e.g. tls://host:8786)")
     p.add_argument("--scheduler-security", metavar="FILE", help="YAML with tls_ca_file, tls_client_cert, "
                    "tls_client_key for --scheduler (default: Dask's distributed.comm.tls configuration)")

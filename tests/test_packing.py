@@ -166,3 +166,16 @@ def test_an_oom_trial_runs_again_alone_once():
     lost = _FakeRunner(RuntimeError("worker lost"), [])
     first = (_Info({"a": 3}), oom)
     assert rerun_alone_if_oom(first, lost, wait=waited.append) is first  # the retry itself failed: first result
+
+
+def test_workers_per_gpu_auto_from_the_command_line():
+    """``--workers-per-gpu auto`` reaches the experiment as the word (trials packed by memory), a number as a
+    number, anything else is argparse's one-line error naming the flag."""
+    from nexsearch.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["run", "--budget", "1m", "--workers-per-gpu", "auto"]).workers_per_gpu == "auto"
+    assert parser.parse_args(["run", "--budget", "1m", "--workers-per-gpu", "3"]).workers_per_gpu == 3
+    with pytest.raises(SystemExit) as exc:
+        parser.parse_args(["run", "--budget", "1m", "--workers-per-gpu", "many"])
+    assert exc.value.code == 2
