@@ -191,6 +191,8 @@ def test_status_analysis_and_export_use_the_evaluation(evaluated, tmp_path, caps
     text = (tmp_path / "an" / "report.html").read_text()
     table = text[text.index('id="evaluation"'):].split("</table>")[0]
     assert table.count("<details><summary>full configuration</summary>") == len(frame)
+    assert f"★ {winner['source']}<" in table and table.count("★") == 1  # the winner marked, once
+    assert "<th>validation error</th>" in table and "val_error_std" not in table  # mean ± std, one column each
     assert (run / "evaluation" / "evaluation.png").exists() and 'alt="evaluation: validation and test' in text
     assert "nexsearch export takes" in text and f"Exporting the evaluated winner {winner['source']}" in text
 

@@ -303,8 +303,16 @@ def _config_cell(config: dict[str, Any], keys: list[str]) -> str:
     return f"{html.escape(short)}<details><summary>full configuration</summary><pre>{full}</pre></details>"
 
 
-SHOWN = ("epochs", "rank", "winner", "source", "seeds_done", "failed", "val_error_mean", "val_error_std",
-         "test_error_mean", "test_error_std", "params", "train_time_s")
+# the table's columns (as few as say what a reader needs, so that the configurations keep their width): the
+# evaluation's column -> its heading; errors are shown as mean ± std
+SHOWN = {"epochs": "epochs", "rank": "rank", "source": "candidate", "seeds_done": "seeds", "failed": "failed",
+         "val_error": "validation error", "test_error": "test error", "params": "params"}
+
+
+def _mean_std(mean: Any, std: Any) -> str:
+    if _missing(mean):
+        return "-"
+    return f"{mean:.4f}" + ("" if _missing(std) else f" ± {std:.4f}")
 
 
 def evaluation_section(page: "Page", run_dir: str | Path, csv: Path) -> None:
@@ -320,14 +328,21 @@ def evaluation_section(page: "Page", run_dir: str | Path, csv: Path) -> None:
         return
     configs = [c if isinstance(c, dict) else {} for c in frame["config"]]
     keys = _differing(configs)
-    shown = frame[[c for c in SHOWN if c in frame]].astype(object)
+    frame = frame.assign(**{kind: [_mean_std(m, sd) for m, sd in zip(frame[f"{kind}_mean"], frame[f"{kind}_std"])]
+                            for kind in ("val_error", "test_error") if f"{kind}_mean" in frame})
+    frame["source"] = [("★ " if not _missing(w) and bool(w) else "") + str(src) for src, w in zip(frame["source"], frame["winner"])]
+    shown = frame[[c for c in SHOWN if c in frame]].rename(columns=SHOWN).astype(object)
     for col in shown:
         shown[col] = [v if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
                       else html.escape(str(v)) for v in shown[col]]
     shown["configuration"] = [_config_cell(c, keys) for c in configs]
-    page.head.append("<style>#evaluation details pre { font-size: 0.8em; margin: 0.2em 0; }</style>")
-    page.html(shown.to_html(table_id="evaluation", index=False, border=0, na_rep="-", float_format=format_number,
-                            escape=False))
+    page.head.append("<style>#evaluation details pre { font-size: 0.8em; margin: 0.2em 0; } "
+                     "#evaluation td:last-child { min-width: 24em; } #evaluation td { white-space: nowrap; } "
+                     "#evaluation td:last-child { white-space: normal; } .wide { overflow-x: auto; }</style>")
+    page.html('<div class="wide">' + shown.to_html(table_id="evaluation", index=False, border=0, na_rep="-",
+                                                   float_format=format_number, escape=False) + "</div>")
+    page.text("★: the winner (lowest mean validation error over the new seeds); the configuration column shows the "
+              "hyperparameters in which the candidates differ.")
     png = RunDir(run_dir).evaluation / PLOT_FILE
     if png.exists():
         page.image(png.read_bytes(), "evaluation: validation and test error per candidate")
