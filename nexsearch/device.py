@@ -144,6 +144,11 @@ def time_total(step: Callable[[], Any], device: torch.device, iters: int, warmup
     return time.perf_counter() - start
 
 
+def cpu_slots() -> int:
+    """The CPU cores this process may run on (its affinity; the machine's count where that is unknown)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def resolve_workers(workers: int | str, workers_per_gpu: int | str = 1, device: str = "auto") -> int:
     """The number of parallel trial processes: ``workers`` itself, or for ``auto``
     #GPUs x ``workers_per_gpu`` when trials train on CUDA (one GPU for ``cuda:N``), else the CPU slots.
@@ -160,7 +165,7 @@ def resolve_workers(workers: int | str, workers_per_gpu: int | str = 1, device: 
         if uses_cuda and torch.cuda.is_available():
             gpus = [int(str(device).split(":")[1])] if ":" in str(device) else range(torch.cuda.device_count())
             return sum(_per_gpu(workers_per_gpu, gpu) for gpu in gpus)
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return cpu_slots()
     try:
         n = int(workers)
     except (TypeError, ValueError):

@@ -18,6 +18,7 @@ import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nexsearch.device import cpu_slots
 from nexsearch.errors import UserError
 
 if TYPE_CHECKING:
@@ -28,10 +29,6 @@ WORKER_BASE_BYTES = 1 * GIB  # a worker process with torch, timm and SMAC's clie
 DATASET_IMAGES = {"cifar100": 60_000, "digits": 1_797}
 DATASET_NATIVE_SIZE = {"cifar100": 32, "digits": 8}
 SCHEDULER_TIMEOUT_S = 3.0
-
-
-def cpu_slots() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def available_memory() -> int:
