@@ -2,7 +2,9 @@
 
 ``make_client(N)`` starts N single-threaded worker processes (or joins an existing scheduler);
 ``NexsearchWorkerPlugin`` tells every worker, also one that joins or restarts later, what to
-evaluate, on which GPU (worker *i* on GPU *i mod #GPUs*) or with how many CPU threads.
+evaluate, on which GPU (worker *i* on GPU *i mod #GPUs*) or with how many CPU threads, and, when
+trials are packed by GPU memory (``workers_per_gpu: auto``), declares the worker's GPU memory as the Dask
+resource ``GPU_MEMORY_MB`` (unless the worker was started with one: ``dask worker --resources GPU_MEMORY_MB=N``).
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ class NexsearchWorkerPlugin(WorkerPlugin):
 
     name = "nexsearch-objective"
 
-    def __init__(self, spec: dict[str, Any], n_local_workers: int | None = None):
+    def __init__(self, spec: dict[str, Any], n_local_workers: int | None = None, gpu_memory: bool = False):
         self.spec = spec
         self.n_local_workers = n_local_workers
+        self.gpu_memory = gpu_memory  # declare the GPU's memory as a Dask resource (packing by memory)
 
-    def setup(self, worker: Any) -> None:
+    def setup(self, worker: Any) -> Any:
         import torch
 
         spec = dict(self.spec, train=dict(self.spec.get("train", {})))
@@ -35,6 +38,28 @@ class NexsearchWorkerPlugin(WorkerPlugin):
         elif device in ("auto", "cpu") and self.n_local_workers:
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.n_local_workers))
         self.configure(spec)
+        device = str(spec["train"].get("device", ""))
+        if self.gpu_memory and device.startswith("cuda") and torch.cuda.is_available():
+            return self.declare_gpu_memory(worker, torch.device(device).index or 0)
+        return None
+
+    @staticmethod
+    def declare_gpu_memory(worker: Any, gpu: int) -> Any:
+        """Record which GPU the worker trains on (host and device UUID: worker processes sharing a GPU share
+        its memory) and, unless the worker already declares one, its usable memory as ``GPU_MEMORY_MB``
+        (a coroutine: Dask awaits what ``setup`` returns)."""
+        import socket
+
+        import torch
+
+        from nexsearch.runners.packing import GPU_MEMORY_RESOURCE, gpu_memory_resources
+
+        props = torch.cuda.get_device_properties(gpu)
+        uuid = getattr(props, "uuid", None) or f"{gpu}:{os.environ.get('CUDA_VISIBLE_DEVICES', '')}"
+        worker.nexsearch_gpu = f"{socket.gethostname()}/{uuid}"
+        if GPU_MEMORY_RESOURCE in worker.state.total_resources:
+            return None
+        return worker.set_resources(**gpu_memory_resources(props.total_memory / 2**20))
 
     def configure(self, spec: dict[str, Any]) -> None:
         """Hand the worker's spec (its device chosen) to what it evaluates: SMAC's target function here."""

@@ -10,6 +10,9 @@
   the Dask worker resource ``GPU_MEMORY_RESOURCE`` (in MiB), each running trial holds its estimate.
 * :func:`retry_alone` -- an out-of-memory trial is run again with the GPU to itself before it is
   recorded as failed.
+* :class:`MemoryPacking` -- what ``RobustDaskRunner`` (runners/workers.py) admits trials with: each
+  configuration's estimate (cached), its calibration, and the clip to a whole GPU; :func:`worker_gpu` -- which
+  GPU a Dask worker trains on (several worker processes may share one).
 * :func:`slots_per_gpu` -- how many worker processes a GPU gets: as many paper-size trials as fit.
 
 Pure functions and plain data (torch only inside :func:`estimate_peak_mb`), tested with fake resources.
@@ -17,8 +20,9 @@ Pure functions and plain data (torch only inside :func:`estimate_peak_mb`), test
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 GPU_MEMORY_RESOURCE = "GPU_MEMORY_MB"  # Dask worker resource: the GPU's memory in MiB
 OPTIMIZER_BYTES_PER_PARAM = 16  # fp32 weight, gradient, LAMB's exp_avg and exp_avg_sq
@@ -131,10 +135,13 @@ def is_oom_value(value: Any) -> bool:
     return error.startswith(("TrialFailed('oom:", 'TrialFailed("oom:'))
 
 
-def rerun_alone_if_oom(result: tuple[Any, Any], runner: Any, wait: Any = None) -> tuple[Any, Any]:
+def rerun_alone_if_oom(result: tuple[Any, Any], runner: Any, wait: Any = None,
+                       resources: Mapping[str, float] | None = None) -> tuple[Any, Any]:
     """A Dask runner's finished ``(TrialInfo, TrialValue)``, or for a first out-of-memory failure the result of
     running it again alone: after the runner's other pending trials finish, with none submitted meanwhile (the
-    caller, SMAC's loop, waits). A retry that fails otherwise (its worker lost) keeps the first result."""
+    caller, SMAC's loop, waits), and with ``resources`` (packing by memory: a whole GPU's
+    ``GPU_MEMORY_RESOURCE``, so that it goes to a worker of the largest GPU). A retry that fails otherwise (its
+    worker lost) keeps the first result."""
     info, value = result
     if not is_oom_value(value):
         return result
@@ -149,6 +156,45 @@ def rerun_alone_if_oom(result: tuple[Any, Any], runner: Any, wait: Any = None) -
     if others:
         wait(others)
     try:
-        return runner._client.submit(runner._single_worker.run_wrapper, trial_info=info, pure=False).result()
+        extra = {"resources": dict(resources)} if resources else {}
+        return runner._client.submit(runner._single_worker.run_wrapper, trial_info=info, pure=False,
+                                     **extra).result()
     except Exception:
         return result
+
+
+def worker_gpu(dask_worker: Any) -> str:
+    """The GPU a Dask worker trains on, the same string for every worker process sharing it (``client.run``
+    calls this on the workers): what ``NexsearchWorkerPlugin`` recorded (host and the device's UUID), else the
+    host and ``CUDA_VISIBLE_DEVICES`` (a worker started with ``--resources GPU_MEMORY_MB=...`` and no plugin)."""
+    gpu = getattr(dask_worker, "nexsearch_gpu", None)
+    if gpu:
+        return str(gpu)
+    from distributed.comm import get_address_host
+
+    return f"{get_address_host(dask_worker.address)}/{os.environ.get('CUDA_VISIBLE_DEVICES', '')}"
+
+
+@dataclass
+class MemoryPacking:
+    """A running search's admission by GPU memory: ``estimate(config)`` is a configuration's raw peak estimate
+    (MiB, :func:`estimate_peak_mb` with the experiment's batch size, width and depth), computed once per
+    configuration; ``trial_mb`` corrects it by what finished trials measured and clips it to ``gpu_mb``, the
+    largest GPU (such a trial runs alone)."""
+
+    estimate: Callable[[Mapping[str, Any]], float]
+    calibration: Calibration = field(default_factory=Calibration)
+    cache: dict[Any, float] = field(default_factory=dict)
+
+    def raw_mb(self, config: Mapping[str, Any]) -> float:
+        key = tuple(sorted(dict(config).items()))
+        if key not in self.cache:
+            self.cache[key] = float(self.estimate(config))
+        return self.cache[key]
+
+    def trial_mb(self, config: Mapping[str, Any], gpu_mb: float) -> float:
+        return min(self.calibration.correct(self.raw_mb(config)), gpu_mb)
+
+    def observe(self, config: Mapping[str, Any], additional_info: Mapping[str, Any] | None) -> None:
+        """A finished trial's measured peak (its TrialValue's ``additional_info``) corrects later estimates."""
+        self.calibration.observe(self.raw_mb(config), additional_info or {})

@@ -363,7 +363,9 @@ def _dask_runner(exp: Experiment, spec: Any, rd: RunDir):
 
         maybe_start_for_run(exp.workers)
     client, cluster = make_client(exp.workers, exp.scheduler, str(rd.dask_space), exp.scheduler_security)
-    client.register_plugin(NexsearchWorkerPlugin(dataclasses.asdict(spec), None if exp.scheduler else exp.workers))
+    packing = _memory_packing(exp)
+    client.register_plugin(NexsearchWorkerPlugin(dataclasses.asdict(spec), None if exp.scheduler else exp.workers,
+                                                 gpu_memory=packing is not None))
 
     def lost(info: Any, reason: str, start: float) -> None:
         from nexsearch.search_space.space import to_dict
@@ -375,9 +377,27 @@ def _dask_runner(exp: Experiment, spec: Any, rd: RunDir):
 
     def factory(scenario, required):
         single = TargetFunctionRunner(scenario, target.target_function, required_arguments=required)
-        return RobustDaskRunner(single_worker=single, dask_client=client, on_lost_trial=lost)
+        return RobustDaskRunner(single_worker=single, dask_client=client, on_lost_trial=lost, packing=packing)
 
     return factory, client, cluster
+
+
+def _memory_packing(exp: Experiment):
+    """``workers_per_gpu: auto`` off the CPU: trials admitted by their estimated peak GPU memory (the runner packs
+    only on workers that declare GPU memory, so a worker without CUDA runs trials as before)."""
+    if exp.workers_per_gpu != "auto" or exp.device == "cpu":
+        return None
+    import torch
+
+    if not exp.scheduler and not torch.cuda.is_available():  # local workers on the CPU: nothing to pack
+        return None
+    from nexsearch.objectives.settings import TrainSettings
+    from nexsearch.runners.packing import MemoryPacking, estimate_peak_mb
+    from nexsearch.search_space.space import to_dict
+
+    train = TrainSettings.from_dict(exp.train)
+    return MemoryPacking(lambda config: estimate_peak_mb(
+        to_dict(config), train.batch_size, width=train.width, depth=train.depth, image_size=exp.image_size or 32))
 
 
 def summarize(run_dir: Path, console: Console) -> dict[str, Any]:
