@@ -240,3 +240,29 @@ def test_the_worker_plugin_declares_nothing_without_cuda(monkeypatch):
     worker = _Worker(0)
     assert _Plugin({"train": {"device": "auto"}}, 2, gpu_memory=True).setup(worker) is None
     assert not worker.declared and not hasattr(worker, "nexsearch_gpu")
+
+
+def test_the_search_packs_only_with_workers_per_gpu_auto_off_the_cpu(monkeypatch):
+    """The runner's packing as ``run`` builds it: the experiment's batch size, width and depth in the estimate
+    (per configuration, once); none on the CPU, with a count, or with local workers and no CUDA."""
+    import torch
+
+    from nexsearch.runners.experiment import experiment_from_dict
+    from nexsearch.runners.packing import estimate_peak_mb
+    from nexsearch.runners.search import _memory_packing
+    from nexsearch.search_space.presets import preset
+    from nexsearch.search_space.space import validate
+
+    train = {"batch_size": 64, "width": 0.5, "depth": 2}
+    cluster = experiment_from_dict({"workers_per_gpu": "auto", "scheduler": "tls://127.0.0.1:1", "train": train})
+    packing = _memory_packing(cluster)  # the cluster's workers may have GPUs where this machine has none
+    config = validate(preset("nexception"))
+    expected = estimate_peak_mb(preset("nexception"), 64, width=0.5, depth=2)
+    assert packing.raw_mb(config) == pytest.approx(expected)
+    packing.estimate = lambda c: pytest.fail("estimated twice")
+    assert packing.trial_mb(config, 1e9) == pytest.approx(expected * 1.1)
+    assert _memory_packing(experiment_from_dict({"workers_per_gpu": 4, "scheduler": "tls://127.0.0.1:1"})) is None
+    assert _memory_packing(experiment_from_dict({"workers_per_gpu": "auto", "device": "cpu",
+                                                 "scheduler": "tls://127.0.0.1:1"})) is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert _memory_packing(experiment_from_dict({"workers_per_gpu": "auto"})) is None
