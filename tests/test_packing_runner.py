@@ -266,3 +266,25 @@ def test_the_search_packs_only_with_workers_per_gpu_auto_off_the_cpu(monkeypatch
                                                  "scheduler": "tls://127.0.0.1:1"})) is None
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert _memory_packing(experiment_from_dict({"workers_per_gpu": "auto"})) is None
+
+
+def test_preflight_takes_workers_per_gpu_auto_as_the_trials_that_fit(monkeypatch):
+    """``--workers N`` above the CPU slots on CUDA is checked against the GPUs' worker count; with
+    ``workers_per_gpu: auto`` that is the paper-size trials that fit (it was ``#GPUs x "auto"``: a TypeError)."""
+    import torch
+
+    from nexsearch.runners import preflight
+    from nexsearch.runners.experiment import experiment_from_dict
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: _Props())  # 16 GiB
+    monkeypatch.setattr(preflight, "cpu_slots", lambda: 1)
+    monkeypatch.setattr(preflight, "dataset_bytes", lambda exp: (0, 0))
+    monkeypatch.setattr(preflight, "available_memory", lambda: 2**50)
+    import nexsearch.runners.packing as packing
+
+    monkeypatch.setattr(packing, "paper_proxy_slots", lambda total_mb: 3)
+    preflight.check_workers(experiment_from_dict({"workers": 3, "workers_per_gpu": "auto", "device": "cuda"}))
+    with pytest.raises(preflight.UserError, match="use at most 3"):
+        preflight.check_workers(experiment_from_dict({"workers": 4, "workers_per_gpu": "auto", "device": "cuda"}))

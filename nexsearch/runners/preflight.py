@@ -98,6 +98,10 @@ def check_workers(exp: "Experiment") -> None:
         if torch.cuda.is_available():
             gpus = 1 if ":" in exp.device else torch.cuda.device_count()
             limit, what = gpus * exp.workers_per_gpu, f"{gpus} GPU(s) x workers_per_gpu {exp.workers_per_gpu}"
+            if exp.workers_per_gpu == "auto":  # the paper-size trials that fit into each GPU, as --workers auto
+                from nexsearch.device import resolve_workers
+
+                limit = resolve_workers("auto", "auto", exp.device)
     if exp.workers > limit:
         raise UserError(f"--workers {exp.workers} is more than this machine runs at once ({what}): use at most "
                         f"{limit}, or --workers auto")
