@@ -162,6 +162,17 @@ def read_json_retry(path: Path, attempts: int = 5, notes: list[str] | None = Non
     raise AssertionError("unreachable")
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (one of another user counts as alive)."""
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def exclusive_lock(path: Path, busy: Callable[[], str]):
     """A non-blocking exclusive lock on ``path``, held until :func:`unlock`; ``UserError(busy())`` when another
     process holds it."""

@@ -14,7 +14,8 @@ from nexsearch.cli import main
 from nexsearch.device import compile_mode
 from nexsearch.errors import UserError
 from nexsearch.objectives.datasets import load_dataset
-from nexsearch.objectives.trainer import TrainSettings, train_proxy
+from nexsearch.objectives.settings import TrainSettings
+from nexsearch.objectives.trainer import train_proxy
 from nexsearch.search_space.builder import (
     FormatKeepingBlurPool2d,
     build_model,

@@ -10,7 +10,8 @@ import torch
 from nexsearch.errors import UserError
 from nexsearch.objectives import target
 from nexsearch.objectives.datasets import load_dataset
-from nexsearch.objectives.trainer import TrainSettings, budget_to_epochs, train_proxy
+from nexsearch.objectives.settings import TrainSettings
+from nexsearch.objectives.trainer import budget_to_epochs, train_proxy
 from nexsearch.search_space.presets import preset
 
 TINY = dict(width=0.125, batch_size=64, throughput_batch=32, throughput_iters=1, eval_batch_size=512)

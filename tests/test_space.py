@@ -186,7 +186,8 @@ def test_a_configuration_is_checked_once_where_it_enters(monkeypatch, tmp_path):
 
     from nexsearch.export import export_model, load_model
     from nexsearch.objectives.datasets import Splits, TensorData
-    from nexsearch.objectives.trainer import TrainSettings, train_proxy
+    from nexsearch.objectives.settings import TrainSettings
+    from nexsearch.objectives.trainer import train_proxy
     from nexsearch.search_space import space as space_mod
 
     nexception, xception = preset("nexception"), preset("xception")  # plain dicts (presets.py checked them)

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from nexsearch.errors import UserError
 from nexsearch.objectives.datasets import load_dataset
 from nexsearch.objectives.step import GraphStep, cosine_lr_table, resolve_step
-from nexsearch.objectives.trainer import TrainSettings, train_proxy
+from nexsearch.objectives.settings import TrainSettings
+from nexsearch.objectives.trainer import train_proxy
 from nexsearch.search_space.builder import build_model
 from nexsearch.search_space.presets import preset
 

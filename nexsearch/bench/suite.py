@@ -106,7 +106,8 @@ def step_equality(device: str, quick: bool = False) -> dict[str, Any]:
     """The same trial (paper proxy, same seed) trained with ``train.step`` eager and graph: both loss curves, their
     largest relative difference, each mode's steady images/s and first-epoch seconds (the capture's cost)."""
     from nexsearch.objectives.datasets import load_dataset
-    from nexsearch.objectives.trainer import TrainSettings, train_proxy
+    from nexsearch.objectives.settings import TrainSettings
+    from nexsearch.objectives.trainer import train_proxy
     from nexsearch.search_space.presets import preset
 
     size, classes, width, batch = (256, 10, 0.125, 32) if quick else (12800, 100, 1.0, 256)

@@ -27,7 +27,8 @@ from nexsearch.device import (
 from nexsearch.errors import UserError
 from nexsearch.objectives.datasets import TensorData, load_dataset
 from nexsearch.objectives.step import WARMUP_STEPS, resolve_step
-from nexsearch.objectives.trainer import DeviceLoader, TrainSettings, TrainSteps, loss_fn_of
+from nexsearch.objectives.settings import TrainSettings
+from nexsearch.objectives.trainer import DeviceLoader, TrainSteps, loss_fn_of
 from nexsearch.search_space.builder import build_model, use_blurpool
 
 

@@ -31,12 +31,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nexsearch.device import (  # noqa: F401  (resolve_device: re-exported for callers of the trainer)
-    autocast, compile_mode, maybe_compile, peak_memory_mb, resolve_device, sync, time_total,
-)
+from nexsearch.device import autocast, compile_mode, maybe_compile, peak_memory_mb, sync, time_total
 from nexsearch.errors import UserError
 from nexsearch.objectives.datasets import Splits, TensorData
-from nexsearch.objectives.settings import TrainSettings  # noqa: F401  (re-exported: the trainer's settings)
+from nexsearch.objectives.settings import TrainSettings
 from nexsearch.objectives.step import GraphStep, StepFallback, cosine_lr_table, optimizer_foreach, resolve_step
 from nexsearch.search_space.builder import build_model, count_params
 from nexsearch.search_space.space import to_dict, validate

@@ -27,13 +27,15 @@ class NexsearchWorkerPlugin(WorkerPlugin):
     def setup(self, worker: Any) -> None:
         import torch
 
+        from nexsearch.device import cpu_slots
+
         spec = dict(self.spec, train=dict(self.spec.get("train", {})))
         index = worker.name if isinstance(worker.name, int) else 0
         device = spec["train"].get("device", "auto")
         if device in ("auto", "cuda") and torch.cuda.is_available():  # one GPU per worker, round robin
             spec["train"]["device"] = f"cuda:{index % torch.cuda.device_count()}"
         elif device in ("auto", "cpu") and self.n_local_workers:
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.n_local_workers))
+            torch.set_num_threads(max(1, cpu_slots() // self.n_local_workers))
         self.configure(spec)
 
     def configure(self, spec: dict[str, Any]) -> None:

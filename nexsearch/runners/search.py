@@ -341,14 +341,12 @@ def restore_space(rd: RunDir, seed: int, console: Console) -> None:
 
 def _serial_threads(exp: Experiment) -> None:
     """Trials on the CPU in this process get every CPU slot, as each of n local Dask workers gets 1/n of them."""
-    import os
-
     import torch
 
-    from nexsearch.device import resolve_device
+    from nexsearch.device import cpu_slots, resolve_device
 
     if resolve_device(exp.device).type == "cpu":
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        torch.set_num_threads(cpu_slots())
 
 
 def _dask_runner(exp: Experiment, spec: Any, rd: RunDir):
