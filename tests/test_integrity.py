@@ -157,9 +157,9 @@ def test_trial_stopped_by_the_deadline_is_cut(tmp_path, monkeypatch):
     from nexsearch.runners.facade import SerialRunnerMixin as _SerialRunner
 
     exp = tiny(tmp_path)
-    target.configure(exp.objective_spec(None))
-    target.loaded()  # the data first; then a deadline that ends during the trial
-    target.configure(exp.objective_spec(RunDir(tmp_path), deadline=time.time() + 1.0))
+    target.SEARCH.configure(exp.trial_spec(None))
+    target.SEARCH.loaded()  # the data first; then a deadline that ends during the trial
+    target.SEARCH.configure(exp.trial_spec(RunDir(tmp_path), deadline=time.time() + 1.0))
 
     class Runner(_SerialRunner, TargetFunctionRunner):
         pass

@@ -1,48 +1,51 @@
 """The local Dask cluster of ``run --workers`` and ``bench trials``, and its worker setup (no SMAC here).
 
-``make_client(N)`` starts N single-threaded worker processes (or joins an existing scheduler);
-``NexsearchWorkerPlugin`` tells every worker, also one that joins or restarts later, what to
-evaluate, on which GPU (worker *i* on GPU *i mod #GPUs*) or with how many CPU threads.
+``worker_pool(N, ...)`` (around ``make_client``) starts N single-threaded worker processes (or joins an
+existing scheduler) and closes them again; ``NexsearchWorkerPlugin`` tells every worker, also one that joins
+or restarts later, what to evaluate, on which GPU (worker *i* on GPU *i mod #GPUs*) or with how many CPU threads.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Any
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from distributed import Client, LocalCluster, WorkerPlugin
 
 from nexsearch.errors import UserError
 
+if TYPE_CHECKING:
+    from nexsearch.objectives.settings import TrialSpec
+    from nexsearch.objectives.target import TrialContext
+
 
 class NexsearchWorkerPlugin(WorkerPlugin):
-    """Configures the objective (and the GPU / thread count) in each Dask worker process."""
+    """Configures a trial context (default: the search's, ``objectives.target.SEARCH``) in each Dask worker
+    process with the trial spec, its device chosen there (and the thread count)."""
 
-    name = "nexsearch-objective"
+    def __init__(self, spec: TrialSpec, n_local_workers: int | None = None, context: TrialContext | None = None):
+        from nexsearch.objectives.target import SEARCH
 
-    def __init__(self, spec: dict[str, Any], n_local_workers: int | None = None):
-        self.spec = spec
-        self.n_local_workers = n_local_workers
+        self.spec, self.n_local_workers, self.context = spec, n_local_workers, context or SEARCH
+        # one plugin per purpose: an evaluation's beside a search's on a shared scheduler, not instead of it
+        self.name = "nexsearch-objective" if self.context is SEARCH else f"nexsearch-{self.context.name}"
 
     def setup(self, worker: Any) -> None:
         import torch
 
         from nexsearch.device import cpu_slots
 
-        spec = dict(self.spec, train=dict(self.spec.get("train", {})))
+        spec = self.spec
         index = worker.name if isinstance(worker.name, int) else 0
-        device = spec["train"].get("device", "auto")
+        device = spec.settings.device
         if device in ("auto", "cuda") and torch.cuda.is_available():  # one GPU per worker, round robin
-            spec["train"]["device"] = f"cuda:{index % torch.cuda.device_count()}"
+            spec = spec.on_device(f"cuda:{index % torch.cuda.device_count()}")
         elif device in ("auto", "cpu") and self.n_local_workers:
             torch.set_num_threads(max(1, cpu_slots() // self.n_local_workers))
-        self.configure(spec)
-
-    def configure(self, spec: dict[str, Any]) -> None:
-        """Hand the worker's spec (its device chosen) to what it evaluates: SMAC's target function here."""
-        from nexsearch.objectives.target import configure
-
-        configure(spec)
+        self.context.configure(spec)
 
 
 SECURITY_KEYS = ("tls_ca_file", "tls_client_cert", "tls_client_key", "require_encryption", "tls_min_version")
@@ -96,3 +99,30 @@ def make_client(workers: int, scheduler: str | None, local_directory: str,
         host="127.0.0.1", scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
     )
     return Client(cluster, security=sec), cluster
+
+
+@contextlib.contextmanager
+def worker_pool(workers: int, scheduler: str | None, local_directory: str | Path, security: str | None = None,
+                plugin: WorkerPlugin | None = None) -> Iterator[Client]:
+    """The one Dask client lifecycle (search, evaluate, bench trials): a client of a new local cluster of
+    ``workers`` processes, or of ``scheduler`` (with ``security``), with ``plugin`` registered; closed with its
+    cluster on the way out."""
+    client, cluster = make_client(workers, scheduler, str(local_directory), security)
+    try:
+        if plugin is not None:
+            client.register_plugin(plugin)
+        yield client
+    finally:
+        close_quietly(client, cluster)
+
+
+def close_quietly(*closables: Any) -> None:
+    """Close Dask clients and clusters; what Dask raises while an interrupt tears them down is no news."""
+    for c in closables:
+        if c is not None:
+            try:
+                c.close()
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException:  # also asyncio's CancelledError
+                pass
