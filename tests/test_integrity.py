@@ -17,7 +17,7 @@ from nexsearch.errors import UserError
 from nexsearch.objectives import target
 from nexsearch.runners.experiment import experiment_from_dict
 from nexsearch.runners.search import run_search
-from nexsearch.rundir import BACKUP_DIR, RunDir
+from nexsearch.rundir import BACKUP_DIR, RunDir, append_jsonl
 from nexsearch.runners.smac_state import backup_smac_state, repair_smac_state
 from nexsearch.runners.status import run_status
 from nexsearch.search_space.space import SPACE
@@ -344,7 +344,7 @@ def test_torn_last_line_is_cut_away_on_resume(tmp_path, fake_trials, monkeypatch
     monkeypatch_evaluate = target.evaluate_trial
 
     def logged(config, seed=0, budget=None):  # trials that append to the log, as real ones do
-        target.append_jsonl(log, {"status": "ok", "config": dict(config)})
+        append_jsonl(log, {"status": "ok", "config": dict(config)})
         return monkeypatch_evaluate(config, seed, budget)
 
     monkeypatch.setattr(target, "evaluate_trial", logged)

@@ -38,10 +38,9 @@ from nexsearch.runners.experiment import Experiment, read_saved_experiment, save
 from nexsearch.runners.preflight import check_dataset_memory, check_training_memory, check_workers, probe_scheduler
 
 
-def prepare_run_dir(exp: Experiment, console: Console | None = None) -> tuple[RunDir, bool]:
-    """Create the run directory, or check that an existing one holds this same experiment (a run without any
-    trial yet -- killed while it started -- takes the new settings instead)."""
-    rd = RunDir(exp.run_dir)
+def prepare_run_dir(exp: Experiment, rd: RunDir, console: Console | None = None) -> bool:
+    """Create the run directory ``rd`` of ``exp``, or check that an existing one holds this same experiment (a run
+    without any trial yet -- killed while it started -- takes the new settings instead); whether it is a resume."""
     if rd.path.exists() and not rd.path.is_dir():
         raise UserError(f"--out {rd.path} is a file, not a directory: choose another --out")
     if rd.is_run():
@@ -55,11 +54,11 @@ def prepare_run_dir(exp: Experiment, console: Console | None = None) -> tuple[Ru
             save_experiment(exp, rd)
             (console or Console(stderr=True)).print(f"{rd.path} had no trial yet: it takes the new settings "
                                                     f"({'; '.join(changes)})", highlight=False)
-        return rd, True
+        return True
     if rd.path.exists() and any(rd.path.iterdir()):
         raise UserError(f"{rd.path} exists and is not a nexsearch run: choose another --out (nothing was changed)")
     rd.create()
-    return rd, False
+    return False
 
 
 def _heartbeat(rd: RunDir, exp: Experiment, budget_s: float, used_before: float, started_at: float) -> Heartbeat:
@@ -187,13 +186,13 @@ def _run_search(exp: Experiment, budget_s: float, console: Console | None, start
             state = _heartbeat(rd, exp, budget_s, used_before, started_at)
             state.start()
             check_experiment(exp)
-            rd, resumed = prepare_run_dir(exp, console)
+            resumed = prepare_run_dir(exp, rd, console)
         else:
             # A new run is made before the checks (and removed again when they fail): its clock, too, runs from
             # the process start, and a kill during the checks (seconds: CUDA, the dataset, a training step) loses
             # at most a heartbeat. A run killed there has no trial yet and takes new settings when it resumes.
             existed = rd.path.exists()
-            rd, resumed = prepare_run_dir(exp, console)
+            resumed = prepare_run_dir(exp, rd, console)
             made = not existed  # from here on, a failure takes the new run back
             lock = rd.lock()
             save_experiment(exp, rd)
