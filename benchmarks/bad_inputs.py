@@ -39,9 +39,9 @@ def _fake_evaluate(config, seed=0, budget=None):
     from nexsearch.objectives import target
 
     time.sleep(0.02)
-    spec = target._PROCESS.get("spec")
-    if spec is not None and spec.trials_path:
-        target.append_jsonl(spec.trials_path, {"status": "ok", "config": dict(config), "seed": seed})
+    spec = target.SEARCH.spec
+    if spec is not None and spec.run_dir is not None:
+        spec.run_dir.append_trial({"status": "ok", "config": dict(config), "seed": seed})
     return 0.1 + len(json.dumps(dict(config), sort_keys=True, default=str)) % 97 / 1000, {"status": "ok"}
 
 

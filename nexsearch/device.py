@@ -18,8 +18,9 @@ from nexsearch.errors import UserError
 if TYPE_CHECKING:
     import torch
 
-# torch is imported inside the functions: the experiment's checks (``resolve_workers``, ``compile_mode``) run
-# before a search's heartbeat starts, and must not wait for torch.
+# torch is imported inside the functions: ``import nexsearch`` and the experiment's checks (``compile_mode``,
+# ``resolve_workers`` with a count) run without it. ``workers: auto`` imports torch to count the GPUs (and their
+# memory for ``workers_per_gpu: auto``): a few seconds before a search's heartbeat starts.
 PRECISIONS = {"bf16": "bfloat16", "fp16": "float16", "fp32": None}  # torch dtype names
 MEMORY_FORMATS = {"channels_last": "channels_last", "contiguous": "contiguous_format"}
 COMPILE_MODES = ("false", "default", "reduce-overhead", "max-autotune")

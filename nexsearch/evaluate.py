@@ -110,55 +110,40 @@ def plan_seeds(n: int, recorded: Iterable[int], search_seeds: set[int]) -> list[
 
 # --- training, in this process or on Dask workers ------------------------------------------------
 
-_WORKER: dict[str, Any] = {}  # the evaluation's slot of target.configure (a search's workers keep theirs)
+def _context():
+    """This process's evaluation context: its spec and data (the test split on the training device too), beside
+    a search's (``objectives.target.SEARCH``)."""
+    from nexsearch.objectives.target import TrialContext
 
-
-def _configure(spec: dict[str, Any]) -> None:
-    """Set the evaluation's objective in this process (its own slot: a search's workers keep theirs)."""
-    from nexsearch.objectives.target import configure
-
-    configure(spec, _WORKER)
+    return TrialContext.named("evaluation", test=True)
 
 
 def train_one(config: dict[str, Any], seed: int, epochs: int) -> dict[str, Any]:
-    """One training of ``config`` with the configured run's data and settings: the trainer's record with test error."""
-    from nexsearch.objectives.target import loaded
+    """One training of ``config`` with the configured run's data and settings: the trainer's record with test
+    error, as the evaluation's results file keeps it."""
     from nexsearch.objectives.trainer import train_proxy
 
-    spec, splits = loaded(_WORKER, test=True)
+    spec, splits = _context().loaded()
     started = time.time()
     record = train_proxy(config, splits, spec.settings, seed=seed, budget=epochs, test=True)
-    record.update(start_time=started, end_time=time.time(), host=socket.gethostname(), pid=os.getpid())
-    return record
+    record.start_time, record.end_time, record.host, record.pid = started, time.time(), socket.gethostname(), os.getpid()
+    return record.to_json()
 
 
-def _worker_plugin(spec: dict[str, Any], n_local: int | None):
-    from nexsearch.runners.cluster import NexsearchWorkerPlugin
-
-    class EvaluationWorkerPlugin(NexsearchWorkerPlugin):
-        name = "nexsearch-evaluation"  # beside a search's plugin on a shared scheduler, not instead of it
-
-        def configure(self, spec: dict[str, Any]) -> None:
-            _configure(spec)
-
-    return EvaluationWorkerPlugin(spec, n_local)
-
-
-def _run_trainings(todo: list[tuple[dict[str, Any], int]], epochs: int, spec: dict[str, Any], workers: int,
+def _run_trainings(todo: list[tuple[dict[str, Any], int]], epochs: int, spec: Any, workers: int,
                    scheduler: str | None, eval_dir: Path, done, lost) -> None:
     """Train every (candidate, seed) of ``todo``; ``done(c, seed, record)`` as each finishes."""
     if workers <= 1 and not scheduler:
-        _configure(spec)
+        _context().configure(spec)
         for c, seed in todo:
             done(c, seed, train_one(c["config"], seed, epochs))
         return
     from distributed import as_completed
 
-    from nexsearch.runners.cluster import make_client
+    from nexsearch.runners.cluster import NexsearchWorkerPlugin, worker_pool
 
-    client, cluster = make_client(workers, scheduler, str(eval_dir / "dask-worker-space"))
-    try:
-        client.register_plugin(_worker_plugin(spec, None if scheduler else workers))
+    plugin = NexsearchWorkerPlugin(spec, None if scheduler else workers, _context())
+    with worker_pool(workers, scheduler, eval_dir / "dask-worker-space", plugin=plugin) as client:
         futures = {client.submit(train_one, c["config"], seed, epochs, pure=False): (c, seed) for c, seed in todo}
         for fut in as_completed(futures):
             c, seed = futures[fut]
@@ -168,10 +153,6 @@ def _run_trainings(todo: list[tuple[dict[str, Any], int]], epochs: int, spec: di
                 lost(c, seed, f"worker process died or was lost ({type(exc).__name__}: {exc})")
                 continue
             done(c, seed, record)
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
 
 
 def check_writable(run_dir: Path) -> None:
@@ -196,10 +177,10 @@ def evaluate_run(run_dir: str | Path, *, top: int = 5, seeds: int = 3, epochs: i
     check_writable(view.path)
     candidates, search_seeds = select_candidates(view.path, top, presets)  # checks before anything is written
     epochs = epochs or exp.max_epochs
-    spec = dataclasses.asdict(exp.objective_spec(None))
+    spec = exp.trial_spec(None)
     if device:
-        spec["train"]["device"] = device
-    resolve_device(spec["train"]["device"])  # a CUDA device where there is none: one line now, not per training
+        spec = spec.on_device(device)
+    resolve_device(spec.settings.device)  # a CUDA device where there is none: one line now, not per training
     view.rd.evaluation.mkdir(exist_ok=True)
     lock = exclusive_lock(view.rd.evaluation / ".lock", lambda: f"{view.path} is being evaluated by another "
                                                                 "nexsearch evaluate: wait for it or stop it")
@@ -244,7 +225,7 @@ def _plan(run_dir: Path, candidates: list[Candidate], search_seeds: set[int], n_
 
 
 def _evaluate(run_dir: Path, candidates: list[Candidate], search_seeds: set[int], n_seeds: int, epochs: int,
-              spec: dict[str, Any], workers: int, scheduler: str | None, console: Console) -> dict[str, Any]:
+              spec: Any, workers: int, scheduler: str | None, console: Console) -> dict[str, Any]:
     """Under the evaluation's lock: plan, train what is missing, keep the summary up to date, print it."""
     from nexsearch.rundir import RunDir, append_jsonl
 

@@ -170,7 +170,7 @@ def check_out(out: Path, force: bool, onnx: bool) -> None:
     """Where an export may write: never inside a run directory (its state files would be replaced), never over
     an existing file without ``force`` (and then the old sidecar and card go first, so that a killed export
     never leaves new weights beside an old sidecar). Temporary files of earlier, killed exports are removed."""
-    from nexsearch.rundir import RunDir
+    from nexsearch.rundir import RunDir, pid_alive
 
     for folder in map(RunDir, (out.parent.resolve(), *out.parent.resolve().parents)):
         if folder.state.is_file() or (folder.is_run() and (folder.path / folder.SMAC).is_dir()):
@@ -182,21 +182,11 @@ def check_out(out: Path, force: bool, onnx: bool) -> None:
         raise UserError(f"{existing[0]} exists: pass --force to replace it, or choose another --out")
     for stale in out.parent.glob(f".{glob_escape(out.stem)}.*.tmp"):  # ".NAME.safetensors.PID.tmp" of a killed export
         pid = stale.name.rsplit(".", 2)[-2]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
             stale.unlink(missing_ok=True)
     for path in existing:  # --force: the old sidecar and card go before the new weights are written
         if path != out:
             path.unlink()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def export_model(

@@ -162,6 +162,17 @@ def read_json_retry(path: Path, attempts: int = 5, notes: list[str] | None = Non
     raise AssertionError("unreachable")
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (one of another user counts as alive)."""
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def exclusive_lock(path: Path, busy: Callable[[], str]):
     """A non-blocking exclusive lock on ``path``, held until :func:`unlock`; ``UserError(busy())`` when another
     process holds it."""
@@ -287,6 +298,12 @@ class RunDir:
     def __fspath__(self) -> str:
         return str(self.path)
 
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RunDir) and other.path == self.path
+
+    def __hash__(self) -> int:
+        return hash(self.path)
+
     # paths
     @property
     def experiment(self) -> Path:
@@ -319,11 +336,6 @@ class RunDir:
     @property
     def tensorboard(self) -> Path:
         return self.path / self.TENSORBOARD
-
-    @classmethod
-    def of_trials(cls, trials_path: str | Path) -> "RunDir":
-        """The run whose trial log is ``trials_path`` (what a trial's spec names)."""
-        return cls(Path(trials_path).parent)
 
     def progress_file(self) -> Path:
         """This process's running trial's progress file (a process runs one trial at a time)."""

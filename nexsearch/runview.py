@@ -13,7 +13,6 @@ Nothing here writes to the run; no torch, SMAC, numpy or pandas at import (``nex
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 from functools import cached_property
@@ -23,7 +22,7 @@ from typing import Any, Callable
 from nexsearch.errors import UserError
 from nexsearch.evaluation import store
 from nexsearch.results import History, error_of, incumbent, pareto_front
-from nexsearch.rundir import RunDir
+from nexsearch.rundir import RunDir, pid_alive
 from nexsearch.runners.smac_state import read_smac_history
 
 # Readers of an optimizer's history, tried in order: each returns None for a run it did not write.
@@ -98,10 +97,7 @@ class RunView:
         """Whether the state file's process is still running (a fresh heartbeat, and the process exists here)."""
         alive = state.get("status") == "running" and time.time() - state.get("updated_at", 0) < HEARTBEAT_STALE_S
         if alive and state.get("pid") and state.get("host") == socket.gethostname():
-            try:
-                os.kill(int(state["pid"]), 0)
-            except ProcessLookupError:
-                alive = False
+            alive = pid_alive(int(state["pid"]))
         return alive
 
     def status(self) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
+from nexsearch.objectives.record import TrialRecord
 from nexsearch.search_space.space import to_dict
 
 Truth = Callable[[dict[str, Any]], float]
@@ -45,20 +46,17 @@ def fake_trainer(truth: Truth, noise: float, fails: Callable[[dict[str, Any]], b
         final = truth(config) + 0.2 * (1 - epochs / max_epochs) + rng.normal(0.0, noise)
         curve = [{"epoch": e, "val_error": final + 0.1 * (epochs - e) / epochs} for e in range(1, epochs + 1)]
         params = 1000 * config.get("kernel_size", config.get("band_kernel", 3)) * (config.get("expansion") or 1)
-        record = {
-            "status": "ok", "reason": "", "cost": final, "val_error": final, "val_loss": 2 * final, "budget": budget,
-            "epochs": epochs, "epochs_run": epochs, "seed": seed, "train_time_s": 0.01, "wall_time_s": 0.01,
-            "params": params, "macs": 50 * params,
-            "throughput": 1e7 / params * (1.5 if config["stem"] == "patch" else 1),
-            "latency_ms": None, "peak_memory_mb": 10.0, "peak_memory_kind": "rss", "device": "cpu", "curve": curve,
-            "config": config,
-        }
-        record["latency_ms"] = 1000.0 / record["throughput"]
+        throughput = 1e7 / params * (1.5 if config["stem"] == "patch" else 1)
+        record = TrialRecord("ok", "", config, seed, budget, cost=final, curve=curve, measures={
+            "val_error": final, "val_loss": 2 * final, "epochs": epochs, "epochs_run": epochs, "train_time_s": 0.01,
+            "wall_time_s": 0.01, "params": params, "macs": 50 * params, "throughput": throughput,
+            "latency_ms": 1000.0 / throughput, "peak_memory_mb": 10.0, "peak_memory_kind": "rss", "device": "cpu",
+        })
         for row in curve if on_epoch is not None else []:  # the progress file, as the real trainer streams it
             on_epoch(row)
         if fails is not None and fails(config):
-            record.update(status="oom", reason="out of memory: fake trainer (test)", cost=settings.crash_cost,
-                          val_error=None, curve=[])
+            record.merge(dict(status="oom", reason="out of memory: fake trainer (test)", cost=settings.crash_cost,
+                              val_error=None, curve=[]))
         return record
 
     return train_proxy

@@ -14,7 +14,9 @@ from nexsearch.cli import main
 from nexsearch.device import compile_mode
 from nexsearch.errors import UserError
 from nexsearch.objectives.datasets import load_dataset
-from nexsearch.objectives.trainer import TrainSettings, train_proxy
+from nexsearch.objectives.settings import DataSpec
+from nexsearch.objectives.settings import TrainSettings
+from nexsearch.objectives.trainer import train_proxy
 from nexsearch.search_space.builder import (
     FormatKeepingBlurPool2d,
     build_model,
@@ -72,7 +74,7 @@ def test_blurpool_switch_keeps_the_models_output():
 
 @pytest.fixture(scope="module")
 def tiny_splits():
-    return load_dataset("synthetic", image_size=16, synthetic_size=160, synthetic_classes=4)
+    return load_dataset(DataSpec("synthetic", image_size=16, synthetic_size=160, synthetic_classes=4))
 
 
 def test_trial_record_times_its_fixed_costs(tiny_splits):

@@ -289,12 +289,18 @@ def test_an_evaluation_holds_the_test_split_on_the_training_device(monkeypatch):
     import nexsearch.evaluate as evaluate
     import nexsearch.objectives.trainer as trainer
 
-    def where(config, splits, settings, seed, budget, test):
-        return {"with_test": test, **{name: getattr(splits, name).labels.device.type for name in ("train", "val", "test")}}
+    from nexsearch.objectives.record import TrialRecord
+    from nexsearch.objectives.settings import DataSpec, TrainSettings, TrialSpec
+    from nexsearch.objectives.target import TrialContext
 
-    monkeypatch.setattr(evaluate, "_WORKER", {})
+    def where(config, splits, settings, seed, budget, test):
+        return TrialRecord("ok", "", config, seed, budget, measures={
+            "with_test": test, **{name: getattr(splits, name).labels.device.type for name in ("train", "val", "test")}})
+
+    context = TrialContext("evaluation-test", test=True)
+    monkeypatch.setattr(evaluate, "_context", lambda: context)
     monkeypatch.setattr(trainer, "train_proxy", where)
-    evaluate._configure(dict(dataset="synthetic", synthetic_size=64, image_size=8, train={"device": "meta"}))
+    context.configure(TrialSpec(DataSpec("synthetic", synthetic_size=64, image_size=8), TrainSettings(device="meta")))
     record = evaluate.train_one({}, seed=0, epochs=1)
     assert {k: record[k] for k in ("with_test", "train", "val", "test")} == {
         "with_test": True, "train": "meta", "val": "meta", "test": "meta"}

@@ -7,6 +7,7 @@ import yaml
 
 from nexsearch.errors import UserError
 from nexsearch.objectives import full_size, target
+from nexsearch.objectives.settings import DataSpec, TrainSettings, TrialSpec
 from nexsearch.runners.experiment import experiment_from_dict
 from nexsearch.rundir import RunDir
 from nexsearch.search_space.builder import build_model, count_macs, count_params
@@ -33,10 +34,8 @@ def test_full_params_and_macs_equal_the_materialised_model():
 def test_full_latency_is_measured_once_per_configuration_and_device(tmp_path, monkeypatch):
     monkeypatch.setitem(full_size.PROTOCOL, "cpu", (1, 1, 0))  # one timed full-size forward pass, no warm-up
     log, cache = RunDir(tmp_path).trials, RunDir(tmp_path).latency_cache
-    target.configure(target.ObjectiveSpec(
-        dataset="synthetic", image_size=16, train_subset=64, train=TINY, trials_path=str(log),
-        objectives=("error", "full_latency"), full_layout="tp", latency_cache=str(cache),
-    ))
+    target.SEARCH.configure(TrialSpec(DataSpec("synthetic", image_size=16, train_subset=64), TrainSettings(**TINY),
+                                      objectives=("error", "full_latency"), full_layout="tp", run_dir=RunDir(tmp_path)))
     config = preset("nexception_i")
     cost, info = target.target_function(config, seed=0, budget=1)
     assert info["full_latency_cached"] is False and cost["full_latency"] == info["full_latency_ms"] > 0

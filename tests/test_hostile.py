@@ -188,9 +188,10 @@ def test_crafted_cifar_pickle_runs_no_code(tmp_path, capsys):
 
 def test_plain_cifar_pickles_still_load(tmp_path):
     from nexsearch.objectives.datasets import load_dataset
+    from nexsearch.objectives.settings import DataSpec
 
     root = _cifar_folder(tmp_path, {"fine_label_names": [f"c{i}" for i in range(100)]})
-    splits = load_dataset("cifar100", root, val_fraction=0.1)
+    splits = load_dataset(DataSpec("cifar100", root, val_fraction=0.1))
     assert len(splits.train) == 36 and len(splits.test) == 10 and splits.num_classes == 100
 
 
@@ -198,12 +199,13 @@ def test_one_class_folder_is_refused(tmp_path):
     from PIL import Image
 
     from nexsearch.objectives.datasets import load_dataset
+    from nexsearch.objectives.settings import DataSpec
 
     (tmp_path / "cat").mkdir()
     for i in range(4):
         Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(tmp_path / "cat" / f"{i}.png")
     with pytest.raises(UserError, match="at least 2"):
-        load_dataset("folder", tmp_path)
+        load_dataset(DataSpec("folder", tmp_path))
 
 
 # 5. The local Dask cluster ---------------------------------------------------------------------------------------
@@ -273,6 +275,8 @@ def test_sizes_have_upper_bounds(change):
 
 
 def test_memory_estimates_name_the_setting(monkeypatch):
+    from dataclasses import replace
+
     import torch
 
     from nexsearch.runners import preflight
@@ -283,9 +287,8 @@ def test_memory_estimates_name_the_setting(monkeypatch):
     with pytest.raises(UserError, match="setting 'image_size' 1024"):
         preflight.check_dataset_memory(exp)
     model = build_model(build_space().get_default_configuration(), "proxy", num_classes=10, width=0.125, depth=1)
-    settings = exp.objective_spec(None).settings
+    settings = replace(exp.trial_spec(None).settings, batch_size=2, eval_batch_size=1, throughput_batch=4096)
     monkeypatch.setattr(preflight, "available_memory", lambda: 256 * 1024**2)
-    settings.batch_size, settings.eval_batch_size, settings.throughput_batch = 2, 1, 4096
     with pytest.raises(UserError, match="setting 'train.throughput_batch' 4096"):
         preflight.check_training_memory(model, 64, settings, torch.device("cpu"), 1)
 

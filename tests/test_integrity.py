@@ -17,7 +17,7 @@ from nexsearch.errors import UserError
 from nexsearch.objectives import target
 from nexsearch.runners.experiment import experiment_from_dict
 from nexsearch.runners.search import run_search
-from nexsearch.rundir import BACKUP_DIR, RunDir
+from nexsearch.rundir import BACKUP_DIR, RunDir, append_jsonl
 from nexsearch.runners.smac_state import backup_smac_state, repair_smac_state
 from nexsearch.runners.status import run_status
 from nexsearch.search_space.space import SPACE
@@ -157,9 +157,9 @@ def test_trial_stopped_by_the_deadline_is_cut(tmp_path, monkeypatch):
     from nexsearch.runners.facade import SerialRunnerMixin as _SerialRunner
 
     exp = tiny(tmp_path)
-    target.configure(exp.objective_spec(None))
-    target.loaded()  # the data first; then a deadline that ends during the trial
-    target.configure(exp.objective_spec(RunDir(tmp_path), deadline=time.time() + 1.0))
+    target.SEARCH.configure(exp.trial_spec(None))
+    target.SEARCH.loaded()  # the data first; then a deadline that ends during the trial
+    target.SEARCH.configure(exp.trial_spec(RunDir(tmp_path), deadline=time.time() + 1.0))
 
     class Runner(_SerialRunner, TargetFunctionRunner):
         pass
@@ -344,7 +344,7 @@ def test_torn_last_line_is_cut_away_on_resume(tmp_path, fake_trials, monkeypatch
     monkeypatch_evaluate = target.evaluate_trial
 
     def logged(config, seed=0, budget=None):  # trials that append to the log, as real ones do
-        target.append_jsonl(log, {"status": "ok", "config": dict(config)})
+        append_jsonl(log, {"status": "ok", "config": dict(config)})
         return monkeypatch_evaluate(config, seed, budget)
 
     monkeypatch.setattr(target, "evaluate_trial", logged)

@@ -18,10 +18,12 @@ CONFIG = {"block": "xception", "kernel_size": 3}
 
 def test_trainer_streams_each_epoch_into_the_progress_file(tmp_path):
     from nexsearch.objectives.datasets import load_dataset
-    from nexsearch.objectives.trainer import TrainSettings, train_proxy
+    from nexsearch.objectives.settings import DataSpec
+    from nexsearch.objectives.settings import TrainSettings
+    from nexsearch.objectives.trainer import train_proxy
     from nexsearch.search_space.presets import preset
 
-    splits = load_dataset("synthetic", synthetic_size=256, synthetic_classes=4, image_size=16, seed=0)
+    splits = load_dataset(DataSpec("synthetic", synthetic_size=256, synthetic_classes=4, image_size=16, seed=0))
     rd = RunDir(tmp_path)
     config = dict(preset("nexception"))
     progress = TrialProgress(rd, config, seed=1, budget=3.0, epochs=3)

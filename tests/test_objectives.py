@@ -10,7 +10,9 @@ import torch
 from nexsearch.errors import UserError
 from nexsearch.objectives import target
 from nexsearch.objectives.datasets import load_dataset
-from nexsearch.objectives.trainer import TrainSettings, budget_to_epochs, train_proxy
+from nexsearch.objectives.settings import DataSpec, TrainSettings, TrialSpec
+from nexsearch.objectives.trainer import budget_to_epochs, train_proxy
+from nexsearch.rundir import RunDir
 from nexsearch.search_space.presets import preset
 
 TINY = dict(width=0.125, batch_size=64, throughput_batch=32, throughput_iters=1, eval_batch_size=512)
@@ -18,12 +20,12 @@ TINY = dict(width=0.125, batch_size=64, throughput_batch=32, throughput_iters=1,
 
 @pytest.fixture(scope="module")
 def synthetic():
-    return load_dataset("synthetic", synthetic_size=512, synthetic_classes=4, image_size=16, seed=0)
+    return load_dataset(DataSpec("synthetic", synthetic_size=512, synthetic_classes=4, image_size=16, seed=0))
 
 
 @pytest.fixture(scope="module")
 def digits():
-    return load_dataset("digits", seed=0)
+    return load_dataset(DataSpec("digits", seed=0))
 
 
 def test_budget_rounding():
@@ -37,9 +39,9 @@ def test_validation_split_is_disjoint_and_seeded(digits):
     assert len(digits.val) == round(0.1 * (len(digits.train) + len(digits.val)))
     assert not keys(digits.train) & keys(digits.val)
     assert not keys(digits.test) & keys(digits.val)
-    again = load_dataset("digits", seed=0)
+    again = load_dataset(DataSpec("digits", seed=0))
     assert torch.equal(again.val.images, digits.val.images)
-    other = load_dataset("digits", seed=1)
+    other = load_dataset(DataSpec("digits", seed=1))
     assert not torch.equal(other.val.labels, digits.val.labels)
     assert digits.train.images.dtype == torch.uint8 and digits.train.images.shape[1:] == (3, 32, 32)
 
@@ -131,7 +133,7 @@ def _write_fake_cifar100(root, n_train=60, n_test=20):
 
 def test_fake_cifar100_folder_loads(tmp_path):
     _write_fake_cifar100(tmp_path)
-    splits = load_dataset("cifar100", tmp_path, val_fraction=0.1)
+    splits = load_dataset(DataSpec("cifar100", tmp_path, val_fraction=0.1))
     assert splits.num_classes == 100
     assert len(splits.train) == 54 and len(splits.val) == 6 and len(splits.test) == 20
     assert splits.train.images.shape[1:] == (3, 32, 32) and splits.train.images.dtype == torch.uint8
@@ -139,7 +141,7 @@ def test_fake_cifar100_folder_loads(tmp_path):
 
 def test_missing_cifar_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="cifar-100-python"):
-        load_dataset("cifar100", tmp_path / "nowhere")
+        load_dataset(DataSpec("cifar100", tmp_path / "nowhere"))
 
 
 def test_folder_dataset(tmp_path):
@@ -149,13 +151,13 @@ def test_folder_dataset(tmp_path):
         (tmp_path / cls).mkdir()
         for i in range(5):
             Image.fromarray(np.full((20, 24, 3), 40 * i + (cls == "dog"), np.uint8)).save(tmp_path / cls / f"{i}.png")
-    splits = load_dataset("folder", tmp_path, image_size=16, val_fraction=0.2)
+    splits = load_dataset(DataSpec("folder", tmp_path, image_size=16, val_fraction=0.2))
     # 10 images: a seeded test_fraction 0.1 (1 image) is carved off first, then 20% of the rest for validation.
     assert splits.num_classes == 2 and splits.image_size == 16
     assert (len(splits.train), len(splits.val), len(splits.test)) == (7, 2, 1)
     images = [bytes(x.numpy().tobytes()) for part in (splits.train, splits.val, splits.test) for x in part.images]
     assert len(set(images)) == 10  # disjoint, every image once
-    again = load_dataset("folder", tmp_path, image_size=16, val_fraction=0.2)
+    again = load_dataset(DataSpec("folder", tmp_path, image_size=16, val_fraction=0.2))
     assert torch.equal(again.test.images, splits.test.images)  # seeded
 
 
@@ -167,13 +169,14 @@ def test_folder_dataset_with_a_test_dir(tmp_path):
             (root / cls).mkdir(parents=True)
             for i in range(n):
                 Image.fromarray(np.full((8, 8, 3), 30 * i + (root.name == "test"), np.uint8)).save(root / cls / f"{i}.png")
-    splits = load_dataset("folder", tmp_path / "train", image_size=8, val_fraction=0.25, test_dir=tmp_path / "test")
+    splits = load_dataset(DataSpec("folder", tmp_path / "train", image_size=8, val_fraction=0.25,
+                                   test_dir=tmp_path / "test"))
     assert (len(splits.train), len(splits.val), len(splits.test)) == (9, 3, 6)
     assert sorted(splits.test.labels.tolist()) == [0, 0, 0, 1, 1, 1]
     (tmp_path / "test" / "bird").mkdir()
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "test" / "bird" / "0.png")
     with pytest.raises(UserError, match="same class sub-folders"):
-        load_dataset("folder", tmp_path / "train", image_size=8, test_dir=tmp_path / "test")
+        load_dataset(DataSpec("folder", tmp_path / "train", image_size=8, test_dir=tmp_path / "test"))
 
 
 def test_evaluate_scores_the_loaders_eval_batches(synthetic):
@@ -198,15 +201,15 @@ def test_evaluate_scores_the_loaders_eval_batches(synthetic):
 
 
 def test_a_search_keeps_the_test_split_on_the_cpu(monkeypatch):
-    """A search process's data (target.loaded) has training and validation on the training device and the
+    """A search process's data (target.SEARCH.loaded) has training and validation on the training device and the
     test split, which no trial reads, on the CPU; an evaluation's (load_splits(test=True)) has all three there.
     The meta device stands in for a GPU."""
     from nexsearch.objectives.trainer import DeviceLoader
 
-    monkeypatch.setattr(target, "_PROCESS", {})
-    spec = target.configure(target.ObjectiveSpec(dataset="synthetic", synthetic_size=64, image_size=8,
-                                                 train={"device": "meta"}))
-    _, splits = target.loaded()
+    context = target.TrialContext("test")
+    spec = context.configure(TrialSpec(DataSpec("synthetic", synthetic_size=64, image_size=8),
+                                       TrainSettings(device="meta")))
+    _, splits = context.loaded()
     on = lambda data: {data.images.device.type, data.labels.device.type}  # noqa: E731
     assert on(splits.train) == on(splits.val) == {"meta"}
     assert on(splits.test) == {"cpu"}
@@ -219,15 +222,12 @@ def test_a_search_keeps_the_test_split_on_the_cpu(monkeypatch):
 
 def test_target_function_success_and_failure(tmp_path):
     log = tmp_path / "trials.jsonl"
-    target.configure(target.ObjectiveSpec(
-        dataset="synthetic", image_size=16, train=dict(TINY, epochs=1), trials_path=str(log),
-        objectives=("error", "params"),
-    ))
+    target.SEARCH.configure(TrialSpec(DataSpec("synthetic", image_size=16), TrainSettings(**TINY, epochs=1),
+                                      objectives=("error", "params"), run_dir=RunDir(tmp_path)))
     cost, info = target.target_function(preset("nexception"), seed=0, budget=1)
     assert set(cost) == {"error", "params"} and 0 <= cost["error"] <= 1 and cost["params"] == info["params"]
-    target.configure(target.ObjectiveSpec(
-        dataset="synthetic", image_size=16, train=dict(TINY, lr=1e30), trials_path=str(log),
-    ))
+    target.SEARCH.configure(TrialSpec(DataSpec("synthetic", image_size=16), TrainSettings(**dict(TINY, lr=1e30)),
+                                      run_dir=RunDir(tmp_path)))
     with pytest.raises(target.TrialFailed, match="diverged"):
         target.target_function(preset("nexception"), seed=0, budget=1)
     lines = [json.loads(x) for x in log.read_text().splitlines()]

@@ -210,9 +210,21 @@ class _Worker:
         return "awaitable"
 
 
-class _Plugin(NexsearchWorkerPlugin):
+class _Context:  # the trial context the plugin configures (this process's search context left alone)
+    name = "fake"
+
     def configure(self, spec):
         self.spec_seen = spec
+
+
+def _Plugin(spec, workers, gpu_memory=False):
+    return NexsearchWorkerPlugin(spec, workers, _Context(), gpu_memory=gpu_memory)
+
+
+def _spec():
+    from nexsearch.runners.experiment import experiment_from_dict
+
+    return experiment_from_dict({"device": "auto"}).trial_spec(None)
 
 
 def test_the_worker_plugin_declares_its_gpus_memory(monkeypatch):
@@ -221,7 +233,7 @@ def test_the_worker_plugin_declares_its_gpus_memory(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: _Props())
-    spec = {"train": {"device": "auto"}}
+    spec = _spec()
     worker = _Worker(3)
     assert _Plugin(spec, 4, gpu_memory=True).setup(worker) == "awaitable"  # Dask awaits set_resources' coroutine
     assert worker.declared == [{GPU_MEMORY_RESOURCE: pytest.approx(16384 * 0.9)}]
@@ -238,7 +250,7 @@ def test_the_worker_plugin_declares_nothing_without_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # the CPU workers' share: not this process's
     worker = _Worker(0)
-    assert _Plugin({"train": {"device": "auto"}}, 2, gpu_memory=True).setup(worker) is None
+    assert _Plugin(_spec(), 2, gpu_memory=True).setup(worker) is None
     assert not worker.declared and not hasattr(worker, "nexsearch_gpu")
 
 

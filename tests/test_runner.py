@@ -82,21 +82,29 @@ def test_unknown_setting_in_experiment_file():
 
 
 def test_trial_settings_have_one_source():
-    """What a trial evaluates is declared once (TrialInputs) and flows into each trial's ObjectiveSpec as the
-    experiment says; the trial's epochs, crash cost and device come from the experiment only."""
+    """What a trial evaluates is declared once (TrialInputs) and flows into each trial's frozen TrialSpec (its data
+    into the DataSpec, by name) as the experiment says; the trial's epochs, crash cost and device come from the
+    experiment only."""
+    import dataclasses
     from dataclasses import fields
 
-    from nexsearch.objectives.settings import ObjectiveSpec, TrialInputs
+    from nexsearch.objectives.settings import DataSpec, TrialInputs
     from nexsearch.runners.experiment import Experiment
 
     shared = {f.name for f in fields(TrialInputs)}
-    assert shared <= {f.name for f in fields(Experiment)} and shared <= {f.name for f in fields(ObjectiveSpec)}
+    data = shared & {f.name for f in fields(DataSpec)}
+    assert shared <= {f.name for f in fields(Experiment)}
+    assert shared - data == {"objectives", "train", "full_layout"}  # every other input is the data's
     exp = experiment_from_dict({"dataset": "synthetic", "image_size": 16, "val_fraction": 0.2, "max_epochs": 7,
                                 "crash_cost": 0.9, "device": "cpu", "seed": 3, "objectives": "error,params",
                                 "train": {"lr": 0.01}})
-    spec = exp.objective_spec(None)
-    assert {k: getattr(spec, k) for k in shared - {"train"}} == {k: getattr(exp, k) for k in shared - {"train"}}
-    assert spec.train == {"lr": 0.01, "epochs": 7, "crash_cost": 0.9, "device": "cpu"} and spec.data_seed == 3
+    spec = exp.trial_spec(None)
+    assert {k: getattr(spec.data, k) for k in data} == {k: getattr(exp, k) for k in data} and spec.data.seed == 3
+    assert (list(spec.objectives), spec.full_layout) == (exp.objectives, exp.full_layout)
+    assert (spec.settings.lr, spec.settings.epochs, spec.settings.crash_cost, spec.settings.device) == (0.01, 7, 0.9,
+                                                                                                        "cpu")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.settings.lr = 1.0  # one-way: what the experiment built reaches the trial unchanged
     for key, owner in (("epochs", "max_epochs"), ("crash_cost", "crash_cost"), ("device", "device")):
         with pytest.raises(UserError, match=f"'train.{key}' comes from the experiment's '{owner}'"):
             experiment_from_dict({"train": {key: 1}})

@@ -71,7 +71,7 @@ def test_an_added_objective_is_recorded_optimised_by_parego_and_analysed(tmp_pat
 
     assert isinstance(built[0]._multi_objective_algorithm, ParEGO)  # SMAC's ParEGO scalarises both objectives
     records = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
-    assert len(records) == 8 and wiring_objective and all(o == ["error", "wiring"] for o in wiring_objective)
+    assert len(records) == 8 and wiring_objective and all(list(o) == ["error", "wiring"] for o in wiring_objective)
     assert all(r["wiring_cost"] == _wiring(r["config"]) for r in records)  # the column, in the trial log
     rh = json.loads((out / "smac" / "0" / "runhistory.json").read_text())
     told = sorted(round(row["cost"][1], 6) for row in rh["data"])
@@ -134,7 +134,7 @@ def test_an_added_optimizer_is_read_by_status_analyze_evaluate_and_export(tmp_pa
 
     fake = fake_trainer(_truth, 0.01, None, 2)
     monkeypatch.setattr(trainer, "train_proxy", lambda config, splits, settings, seed=0, budget=None, test=False:
-                        dict(fake(config, splits, settings, seed, budget), test_error=0.5))
+                        fake(config, splits, settings, seed, budget).merge({"test_error": 0.5}))
     evaluation = evaluate_run(out, top=1, seeds=1, epochs=1, presets=(), console=Console(quiet=True))
     assert evaluation["evaluations"][0]["winner"]["trial"] == info["incumbent"]["trial"]
 

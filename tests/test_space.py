@@ -186,7 +186,8 @@ def test_a_configuration_is_checked_once_where_it_enters(monkeypatch, tmp_path):
 
     from nexsearch.export import export_model, load_model
     from nexsearch.objectives.datasets import Splits, TensorData
-    from nexsearch.objectives.trainer import TrainSettings, train_proxy
+    from nexsearch.objectives.settings import TrainSettings
+    from nexsearch.objectives.trainer import train_proxy
     from nexsearch.search_space import space as space_mod
 
     nexception, xception = preset("nexception"), preset("xception")  # plain dicts (presets.py checked them)
@@ -210,7 +211,8 @@ def test_a_configuration_is_checked_once_where_it_enters(monkeypatch, tmp_path):
     checks.clear()
     record = train_proxy(smac_config, splits, TrainSettings(epochs=1, batch_size=8, width=0.125, depth=1,
                                                             throughput_batch=2, throughput_iters=1, device="cpu"))
-    assert record["status"] == "ok" and record["config"] == to_dict(smac_config) and checks == []
+    assert record["status"] == "ok" and record["config"] is smac_config and checks == []
+    assert record.to_json()["config"] == to_dict(smac_config)
     train_proxy(xception, splits, TrainSettings(epochs=1, batch_size=8, width=0.125, depth=1,
                                                           throughput_batch=2, throughput_iters=1, device="cpu"))
     assert len(checks) == 1  # a plain mapping from a library caller: checked once, by the trainer
@@ -223,3 +225,38 @@ def test_a_configuration_is_checked_once_where_it_enters(monkeypatch, tmp_path):
     checks.clear()
     load_model(out)
     assert len(checks) == 1  # the sidecar's configuration, where it is read; the model is built from that
+
+
+def test_a_trial_checks_its_configuration_once(monkeypatch, tmp_path):
+    """Through a real trial (``evaluate_trial``: the trainer, the builder, the full-size producer, the log), SMAC's
+    Configuration reaches the builders as it is, and is never checked again (ConfigSpace made it); a mapping is
+    checked exactly once."""
+    from nexsearch.objectives import full_size, target, trainer
+    from nexsearch.objectives.settings import DataSpec, TrainSettings, TrialSpec
+    from nexsearch.rundir import RunDir
+    from nexsearch.search_space import space as space_mod
+
+    checks, built = [], []
+    real_check = space_mod._check
+    monkeypatch.setattr(space_mod, "_check", lambda values, space=None: checks.append(1) or real_check(values, space))
+    for module in (trainer, full_size):
+        real_build = module.build_model
+        monkeypatch.setattr(module, "build_model", lambda config, *a, _real=real_build, **k: built.append(config)
+                            or _real(config, *a, **k))
+    context = target.TrialContext("count-checks")
+    monkeypatch.setattr(target, "SEARCH", context)
+    context.configure(TrialSpec(DataSpec("synthetic", synthetic_size=64, image_size=16),
+                                TrainSettings(epochs=1, batch_size=16, width=0.125, depth=1, throughput_batch=2,
+                                              throughput_iters=1, device="cpu"),
+                                objectives=("error", "full_params"), full_layout="t", run_dir=RunDir(tmp_path)))
+    smac_config = build_space(seed=7).sample_configuration()
+    cost, info = target.target_function(smac_config, seed=0, budget=1)
+    assert checks == [] and len(built) == 2 and all(c is smac_config for c in built)  # proxy, full-size
+    assert info["full_params"] > 0 and "config" not in info
+    xception = preset("xception")  # a mapping (a library caller's; preset() checked it where it made it)
+    checks.clear()
+    built.clear()
+    target.target_function(xception, seed=0, budget=1)
+    assert len(checks) == 1 and len({id(c) for c in built}) == 1  # checked once; both builders take that one
+    logged = [json.loads(line) for line in RunDir(tmp_path).trials.read_text().splitlines()]
+    assert [r["config"] for r in logged] == [to_dict(smac_config), preset("xception")]

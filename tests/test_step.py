@@ -6,8 +6,10 @@ import torch.nn.functional as F
 
 from nexsearch.errors import UserError
 from nexsearch.objectives.datasets import load_dataset
+from nexsearch.objectives.settings import DataSpec
 from nexsearch.objectives.step import GraphStep, cosine_lr_table, resolve_step
-from nexsearch.objectives.trainer import TrainSettings, train_proxy
+from nexsearch.objectives.settings import TrainSettings
+from nexsearch.objectives.trainer import train_proxy
 from nexsearch.search_space.builder import build_model
 from nexsearch.search_space.presets import preset
 
@@ -16,7 +18,7 @@ TINY = dict(width=0.125, batch_size=64, throughput_batch=32, throughput_iters=1,
 
 @pytest.fixture(scope="module")
 def synthetic():
-    return load_dataset("synthetic", synthetic_size=512, synthetic_classes=4, image_size=16, seed=0)
+    return load_dataset(DataSpec("synthetic", synthetic_size=512, synthetic_classes=4, image_size=16, seed=0))
 
 
 @pytest.mark.parametrize("total,warmup", [(1, 0), (7, 0), (40, 2), (300, 15), (1000, 50)])

@@ -1,6 +1,6 @@
 """The package's shape, read from its source (ast, nothing imported): no import circle among nexsearch's modules
 (imports under ``if TYPE_CHECKING:`` aside), no module importing another's private name, the verbs as siblings
-(none imports another), and short functions in the modules that keep to the 60-line rule."""
+(none imports another), and no function longer than 60 lines."""
 
 from __future__ import annotations
 
@@ -138,3 +138,24 @@ def test_the_run_view_and_the_evaluation_store_load_nothing_heavy():
                    "nexsearch.runners.optimizers"):
         reached = _reach(edges, module) | {module}
         assert "nexsearch.device" not in reached and "nexsearch.search_space.builder" not in reached, module
+
+
+MAX_FUNCTION_LINES = 60
+
+
+def _long_functions(tree: ast.AST, where: str) -> list[str]:
+    """Functions and methods (nested ones too) of more than ``MAX_FUNCTION_LINES`` lines, decorators aside."""
+    return [f"{where}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+            for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]
+
+
+def test_the_length_checker_finds_a_long_function():
+    body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_LINES))
+    assert _long_functions(ast.parse(f"def f():\n{body}\n"), "m") == [f"m:1 f ({MAX_FUNCTION_LINES + 1} lines)"]
+    assert _long_functions(ast.parse("def f():\n    return 1\n"), "m") == []
+
+
+def test_no_function_is_longer_than_60_lines():
+    long = [f for name, path in MODULES.items() for f in _long_functions(ast.parse(path.read_text()), name)]
+    assert long == []

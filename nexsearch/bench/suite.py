@@ -106,14 +106,15 @@ def step_equality(device: str, quick: bool = False) -> dict[str, Any]:
     """The same trial (paper proxy, same seed) trained with ``train.step`` eager and graph: both loss curves, their
     largest relative difference, each mode's steady images/s and first-epoch seconds (the capture's cost)."""
     from nexsearch.objectives.datasets import load_dataset
-    from nexsearch.objectives.trainer import TrainSettings, train_proxy
+    from nexsearch.objectives.settings import DataSpec, TrainSettings
+    from nexsearch.objectives.trainer import train_proxy
     from nexsearch.search_space.presets import preset
 
     size, classes, width, batch = (256, 10, 0.125, 32) if quick else (12800, 100, 1.0, 256)
     from nexsearch.device import resolve_device
 
-    splits = load_dataset("synthetic", seed=0, image_size=16 if quick else 32, synthetic_size=size,
-                          synthetic_classes=classes, val_fraction=0.1).to(resolve_device(device))
+    splits = load_dataset(DataSpec("synthetic", image_size=16 if quick else 32, synthetic_size=size,
+                                   synthetic_classes=classes, val_fraction=0.1)).to(resolve_device(device))
     runs = {}
     for mode in ("eager", "graph"):
         settings = TrainSettings(step=mode, width=width, batch_size=batch, device=device, throughput_iters=2,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -27,7 +28,8 @@ from nexsearch.device import (
 from nexsearch.errors import UserError
 from nexsearch.objectives.datasets import TensorData, load_dataset
 from nexsearch.objectives.step import WARMUP_STEPS, resolve_step
-from nexsearch.objectives.trainer import DeviceLoader, TrainSettings, TrainSteps, loss_fn_of
+from nexsearch.objectives.settings import DataSpec, TrainSettings
+from nexsearch.objectives.trainer import DeviceLoader, TrainSteps, loss_fn_of
 from nexsearch.search_space.builder import build_model, use_blurpool
 
 
@@ -137,27 +139,16 @@ def bench_train(
     (``foreach`` true), its single-tensor path (false) or the trainer's choice (auto). ``count_ops``: also the
     aten ops of one step by phase and of each LAMB path (``bench/opcount.py``).
     """
-    from torchvision import transforms as T
-
     check_precision(precision)
     fmt = memory_format(memory)
     dev = resolve_device(device)
-    n = max(batch_size * 8, 1024)
-    splits = load_dataset("synthetic", seed=seed, image_size=image_size, synthetic_size=n,
-                          synthetic_classes=num_classes, val_fraction=0.05)
-    settings = TrainSettings(batch_size=batch_size, width=width, device=str(dev),
-                             channels_last=fmt == torch.channels_last,
-                             foreach={"true": True, "false": False}.get(str(foreach).lower(), foreach))
+    splits, settings, batches = _inputs(batch_size, seed, image_size, num_classes, width, dev, fmt, foreach)
 
     def make_model(fmt: torch.memory_format):
         torch.manual_seed(seed)
         m = build_model(config, "proxy", num_classes=num_classes, width=width, drop_path_rate=0.05).to(dev)
         return use_blurpool(m.to(memory_format=fmt), blurpool_keep_format)
 
-    # nexsearch: data on the device, augmentation batch-wise, channels_last, bf16 on CUDA.
-    on_device = splits.to(dev)
-    g = torch.Generator(device=dev).manual_seed(seed)
-    batches = DeviceLoader(on_device.train, on_device, settings, g)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
     model = make_model(fmt)
@@ -166,7 +157,40 @@ def bench_train(
     del model
     ops = _count_ops(make_model(fmt), batches, batch_size, dev, precision) if count_ops else None
 
-    # baseline: PIL + torchvision transforms + DataLoader workers, NCHW, fp32 (CPU) / fp16 AMP (CUDA).
+    t_base = _baseline_side(make_model(torch.contiguous_format), splits, image_size, batch_size, workers, dev, steps,
+                            warmup)
+    images = steps * batch_size
+    nex, base = images / t_nex, images / t_base
+    return {
+        "nexsearch_images_per_s": round(nex, 2), "baseline_images_per_s": round(base, 2), "ratio": round(nex / base, 3),
+        "device": device_name(dev), "steps": steps, "warmup": warmup, "batch_size": batch_size, "width": width,
+        "image_size": image_size, "precision": precision if dev.type == "cuda" else "fp32", "memory_format": memory,
+        "compile": compile or False, "step": mode, "step_fallback": fallback, "foreach": foreach,
+        "ops_per_step": ops and ops["step"], "optimizer_ops": ops and ops["optimizer"],
+        "blurpool_keep_format": blurpool_keep_format, "torch": torch.__version__,
+    }
+
+
+def _inputs(batch_size: int, seed: int, image_size: int, num_classes: int, width: float, dev, fmt, foreach):
+    """The synthetic data (on the CPU), the trainer's settings, and the nexsearch side's batches: data on the
+    device, augmentation batch-wise, channels_last, bf16 on CUDA."""
+    n = max(batch_size * 8, 1024)
+    splits = load_dataset(DataSpec("synthetic", seed=seed, image_size=image_size, synthetic_size=n,
+                                   synthetic_classes=num_classes, val_fraction=0.05))
+    settings = TrainSettings(batch_size=batch_size, width=width, device=str(dev),
+                             channels_last=fmt == torch.channels_last,
+                             foreach={"true": True, "false": False}.get(str(foreach).lower(), foreach))
+    on_device = splits.to(dev)
+    batches = DeviceLoader(on_device.train, on_device, settings, torch.Generator(device=dev).manual_seed(seed))
+    return splits, settings, batches
+
+
+def _baseline_side(model, splits, image_size: int, batch_size: int, workers: int, dev, steps: int,
+                   warmup: int) -> float:
+    """Seconds of the plain loop: PIL + torchvision transforms + DataLoader workers, NCHW, fp32 (CPU) / fp16 AMP
+    (CUDA)."""
+    from torchvision import transforms as T
+
     tf = T.Compose([T.RandomCrop(image_size, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
                     T.Normalize(splits.mean, splits.std)])
     loader = torch.utils.data.DataLoader(
@@ -175,32 +199,7 @@ def bench_train(
     )
     scaler = torch.amp.GradScaler("cuda") if dev.type == "cuda" else None
     amp16 = lambda: autocast(dev, "fp16")  # noqa: E731
-    t_base = _time_steps(make_model(torch.contiguous_format), _cycle(lambda: iter(loader)), steps, warmup, dev,
-                         amp16, scaler)
-
-    images = steps * batch_size
-    nex, base = images / t_nex, images / t_base
-    return {
-        "nexsearch_images_per_s": round(nex, 2),
-        "baseline_images_per_s": round(base, 2),
-        "ratio": round(nex / base, 3),
-        "device": device_name(dev),
-        "steps": steps,
-        "warmup": warmup,
-        "batch_size": batch_size,
-        "width": width,
-        "image_size": image_size,
-        "precision": precision if dev.type == "cuda" else "fp32",
-        "memory_format": memory,
-        "compile": compile or False,
-        "step": mode,
-        "step_fallback": fallback,
-        "foreach": foreach,
-        "ops_per_step": ops and ops["step"],
-        "optimizer_ops": ops and ops["optimizer"],
-        "blurpool_keep_format": blurpool_keep_format,
-        "torch": torch.__version__,
-    }
+    return _time_steps(model, _cycle(lambda: iter(loader)), steps, warmup, dev, amp16, scaler)
 
 
 def _nexsearch_side(model, batches, steps: int, warmup: int, dev, settings, precision: str, step: str,
@@ -216,7 +215,7 @@ def _nexsearch_side(model, batches, steps: int, warmup: int, dev, settings, prec
         scaler = torch.amp.GradScaler("cuda") if dev.type == "cuda" else None
         return (_time_steps(net, batches, steps, warmup, dev, lambda: autocast(dev, precision), scaler, params=model),
                 warmup, mode, None)
-    settings.amp, settings.lr = precision == "bf16", 1e-3
+    settings = replace(settings, amp=precision == "bf16", lr=1e-3)
     seconds, train = _time_trainer_steps(model, net, batches, steps, warmup, dev, settings, mode)
     return seconds, warmup, train.mode, train.fallback
 

@@ -1,7 +1,7 @@
 """``nexsearch bench trials``: how many proxy evaluations a device does per day, for N trials at once.
 
 For each N in ``concurrency``, a local Dask cluster of N worker processes is started exactly as
-``nexsearch run --workers N`` starts it (same ``make_client``, same worker plugin: GPU i mod
+``nexsearch run --workers N`` starts it (same ``worker_pool``, same worker plugin: GPU i mod
 #GPUs, or the CPU threads shared out), every worker loads a CIFAR-100-shaped synthetic set
 onto its device, and then all N train the same paper-size proxy at once through the trial
 target (``evaluate_trial``) for ``epochs`` epochs.
@@ -35,9 +35,9 @@ DAY_S = 86400.0
 
 def _load_data() -> int:
     """Runs in each worker: load the dataset onto the worker's device; returns the training images."""
-    from nexsearch.objectives.target import loaded
+    from nexsearch.objectives.target import SEARCH
 
-    return len(loaded()[1].train)
+    return len(SEARCH.loaded()[1].train)
 
 
 def _summarise(records: list[dict[str, Any]], n: int, trial_epochs: int, scale: float) -> dict[str, Any]:
@@ -77,27 +77,21 @@ def _level(n: int, spec: dict[str, Any], config: dict[str, Any], epochs: int, tr
            timeout_s: float | None) -> dict[str, Any]:
     """Start N Dask workers, load the data in each, run N trials at once, summarise."""
     from nexsearch.objectives.target import evaluate_trial
-    from nexsearch.runners.cluster import NexsearchWorkerPlugin, make_client
+    from nexsearch.runners.cluster import NexsearchWorkerPlugin, worker_pool
 
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="nexsearch-bench-trials-") as tmp:
-        client, cluster = make_client(n, None, tmp)
-        try:
-            client.register_plugin(NexsearchWorkerPlugin(spec, n))
-            client.wait_for_workers(n, timeout=300 if timeout_s is None else max(1.0, min(300.0, timeout_s)))
-            started = time.perf_counter()
-            train_images = max(client.run(_load_data).values())
-            loaded = time.perf_counter()
-            addresses = sorted(client.scheduler_info()["workers"])
-            futures = [client.submit(evaluate_trial, config, 0, float(epochs), pure=False, workers=[a],
-                                     allow_other_workers=False) for a in addresses[:n]]
-            left = None if timeout_s is None else max(1.0, timeout_s - (time.perf_counter() - t0))
-            results = client.gather(futures) if left is None else _gather(client, futures, left)
-            finished = time.perf_counter()
-        finally:
-            client.close()
-            if cluster is not None:
-                cluster.close()
+    with tempfile.TemporaryDirectory(prefix="nexsearch-bench-trials-") as tmp, \
+            worker_pool(n, None, tmp, plugin=NexsearchWorkerPlugin(spec, n)) as client:
+        client.wait_for_workers(n, timeout=300 if timeout_s is None else max(1.0, min(300.0, timeout_s)))
+        started = time.perf_counter()
+        train_images = max(client.run(_load_data).values())
+        loaded = time.perf_counter()
+        addresses = sorted(client.scheduler_info()["workers"])
+        futures = [client.submit(evaluate_trial, config, 0, float(epochs), pure=False, workers=[a],
+                                 allow_other_workers=False) for a in addresses[:n]]
+        left = None if timeout_s is None else max(1.0, timeout_s - (time.perf_counter() - t0))
+        results = client.gather(futures) if left is None else _gather(client, futures, left)
+        finished = time.perf_counter()
     records = [info for _, info in results]
     row = _summarise(records, n, trial_epochs, scale)
     row.update(cluster_start_s=round(started - t0, 2), data_load_s=round(loaded - started, 2),
@@ -152,16 +146,7 @@ def bench_trials(
         import nexsearch.runners.cluster  # noqa: F401
     except ImportError as exc:
         raise UserError(f"bench trials needs Dask ({exc}): pip install dask distributed") from None
-    val_fraction = 0.1
-    spec = {
-        "dataset": "synthetic", "data_dir": None, "download": False, "val_fraction": val_fraction,
-        "image_size": image_size, "synthetic_size": round(images / (1 - val_fraction)),
-        "synthetic_classes": classes, "objectives": ("error",),
-        # cudnn autotuning on as in a long trial: the projection is for trial_epochs-epoch trials
-        "train": {"width": width, "depth": depth, "batch_size": batch_size, "device": str(dev), "epochs": epochs,
-                  "cudnn_benchmark": True, "throughput_iters": 2, "throughput_batch": min(256, batch_size),
-                  "step": step},
-    }
+    spec = _spec(images, image_size, classes, width, depth, batch_size, str(dev), epochs, step)
     config = preset(preset_name)
     scale = (trial_images or images) / images
     levels, errors, mps_status = _all_levels(concurrency, mps, mps_concurrency, dev, spec, config, epochs,
@@ -179,6 +164,20 @@ def bench_trials(
         "levels": levels, "errors": errors, "mps": mps, "mps_status": mps_status or ("used" if mps != "off" else "off"),
         "torch": torch.__version__,
     }
+
+
+def _spec(images: int, image_size: int, classes: int, width: float, depth: int, batch_size: int, device: str,
+          epochs: int, step: str) -> Any:
+    """The trials' spec: a CIFAR-100-shaped synthetic set of ``images`` training images; cuDNN autotuning on as
+    in a long trial (the projection is for trial_epochs-epoch trials)."""
+    from nexsearch.objectives.settings import DataSpec, TrainSettings, TrialSpec
+
+    val_fraction = 0.1
+    data = DataSpec("synthetic", val_fraction=val_fraction, image_size=image_size,
+                    synthetic_size=round(images / (1 - val_fraction)), synthetic_classes=classes)
+    settings = TrainSettings(width=width, depth=depth, batch_size=batch_size, device=device, epochs=epochs,
+                             cudnn_benchmark=True, throughput_iters=2, throughput_batch=min(256, batch_size), step=step)
+    return TrialSpec(data, settings)
 
 
 def _all_levels(concurrency, mps, mps_concurrency, dev, spec, config, epochs, trial_epochs, scale, level_timeout_s,

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from nexsearch.errors import UserError
-from nexsearch.objectives.settings import DATASETS
+from nexsearch.objectives.settings import DATASETS, DataSpec
 
 CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 
@@ -222,51 +222,41 @@ def _folder(data_dir: Path, image_size: int) -> tuple[TensorData, list[str]]:
     return TensorData(images, torch.as_tensor(ds.targets, dtype=torch.int64)), list(ds.classes)
 
 
-def load_dataset(
-    name: str,
-    data_dir: str | Path | None = None,
-    *,
-    val_fraction: float = 0.1,
-    seed: int = 0,
-    image_size: int | None = None,
-    download: bool = False,
-    synthetic_size: int = 2048,
-    synthetic_classes: int = 10,
-    train_subset: int | None = None,
-    test_fraction: float = 0.1,
-    test_dir: str | Path | None = None,
-) -> Splits:
-    """Load ``name`` into memory (CPU) and split off a seeded validation set.
+def load_dataset(data: DataSpec) -> Splits:
+    """Load the dataset ``data`` names into memory (CPU) and split off a seeded validation set.
 
     ``train_subset`` keeps only that many (random) training images: a cheaper proxy.
     ``test_dir`` / ``test_fraction``: the test split of a ``folder`` dataset (see the module docstring).
     """
+    name, seed, size = data.dataset, data.seed, data.image_size
     if name == "cifar100":
-        base = Path(data_dir) if data_dir else Path("data")
-        train, test = _cifar100(base, download)
-        if image_size:
-            train, test = TensorData(_resize(train.images, image_size), train.labels), TensorData(
-                _resize(test.images, image_size), test.labels)
-        return _finish(name, train, test, 100, val_fraction, seed, train_subset)
+        train, test = _cifar100(Path(data.data_dir) if data.data_dir else Path("data"), data.download)
+        if size:
+            train, test = TensorData(_resize(train.images, size), train.labels), TensorData(
+                _resize(test.images, size), test.labels)
+        return _finish(name, train, test, 100, data.val_fraction, seed, data.train_subset)
     if name == "digits":
-        train, test = _digits(image_size or 32, seed)
-        return _finish(name, train, test, 10, val_fraction, seed, train_subset)
+        train, test = _digits(size or 32, seed)
+        return _finish(name, train, test, 10, data.val_fraction, seed, data.train_subset)
     if name == "synthetic":
-        size = image_size or 32
-        data = synthetic_data(synthetic_size + synthetic_size // 4, synthetic_classes, size, seed)
-        train, test = _split(data, 0.2, seed + 1)
-        return _finish(name, train, test, synthetic_classes, val_fraction, seed, train_subset)
+        images = synthetic_data(data.synthetic_size + data.synthetic_size // 4, data.synthetic_classes, size or 32, seed)
+        train, test = _split(images, 0.2, seed + 1)
+        return _finish(name, train, test, data.synthetic_classes, data.val_fraction, seed, data.train_subset)
     if name == "folder":
-        if data_dir is None:
+        if data.data_dir is None:
             raise UserError("dataset 'folder' needs --data-dir pointing at an ImageFolder tree")
-        data, classes = _folder(Path(data_dir), image_size or 32)
-        if test_dir is not None:
-            test, test_classes = _folder(Path(test_dir), image_size or 32)
-            if test_classes != classes:
-                raise UserError(f"test folder {test_dir} has classes {test_classes[:5]}..., the training folder "
-                                f"{data_dir} {classes[:5]}...: both need the same class sub-folders")
-            train = data
-        else:
-            train, test = _split(data, test_fraction, seed + 2)
-        return _finish(name, train, test, len(classes), val_fraction, seed, train_subset)
+        return _folder_splits(data)
     raise UserError(f"unknown dataset '{name}': choose one of {', '.join(DATASETS)}")
+
+
+def _folder_splits(data: DataSpec) -> Splits:
+    images, classes = _folder(Path(data.data_dir), data.image_size or 32)
+    if data.test_dir is not None:
+        test, test_classes = _folder(Path(data.test_dir), data.image_size or 32)
+        if test_classes != classes:
+            raise UserError(f"test folder {data.test_dir} has classes {test_classes[:5]}..., the training folder "
+                            f"{data.data_dir} {classes[:5]}...: both need the same class sub-folders")
+        train = images
+    else:
+        train, test = _split(images, data.test_fraction, data.seed + 2)
+    return _finish("folder", train, test, len(classes), data.val_fraction, data.seed, data.train_subset)

@@ -30,6 +30,7 @@ from nexsearch.errors import UserError
 from nexsearch.objectives.settings import check_layout
 from nexsearch.rundir import append_jsonl, read_jsonl
 from nexsearch.search_space.builder import LAYOUTS, build_model, count_macs, count_params
+from nexsearch.search_space.space import to_dict
 
 # (batch, timed repetitions, warm-up batches) per device type
 PROTOCOL = {"cuda": (64, 10, 3), "cpu": (1, 3, 1)}
@@ -40,10 +41,10 @@ _COSTS: dict[str, dict[str, int]] = {}  # this process's full-size costs by conf
 
 def full_size_cost(config: Mapping[str, Any], layout: str = "tp") -> dict[str, int]:
     """Parameters and MACs of ``config`` built in the full-size ``layout``, on the meta device."""
-    key = json.dumps([dict(config), layout], sort_keys=True)
+    key = json.dumps([to_dict(config), layout], sort_keys=True)
     if key not in _COSTS:
         with torch.device("meta"):
-            model = build_model(dict(config), layout)
+            model = build_model(config, layout)  # a trial's Configuration as it is: checked once, by the trainer
         _COSTS[key] = {"full_params": count_params(model), "full_macs": count_macs(model, LAYOUTS[layout].input_size)}
     return dict(_COSTS[key])
 
@@ -56,7 +57,7 @@ def device_name(device: torch.device) -> str:
 
 
 def _key(config: Mapping[str, Any], layout: str, device: str) -> str:
-    return json.dumps([dict(config), layout, device], sort_keys=True)
+    return json.dumps([to_dict(config), layout, device], sort_keys=True)
 
 
 def _cached(path: Path, key: str) -> float | None:
@@ -88,7 +89,7 @@ def full_latency(config: Mapping[str, Any], layout: str, device: torch.device,
     key = _key(config, layout, name)
     if cache is not None and (hit := _cached(Path(cache), key)) is not None:
         return hit, True
-    model = build_model(dict(config), layout)
+    model = build_model(config, layout)
     try:
         latency = measure_latency_ms(model, LAYOUTS[layout].input_size, device)
     finally:
@@ -96,7 +97,7 @@ def full_latency(config: Mapping[str, Any], layout: str, device: torch.device,
         if device.type == "cuda":
             torch.cuda.empty_cache()
     if cache is not None:
-        append_jsonl(cache, {"config": dict(config), "layout": layout, "device": name, "latency_ms": latency,
+        append_jsonl(cache, {"config": to_dict(config), "layout": layout, "device": name, "latency_ms": latency,
                              "measured_at": time.time()})
     return latency, False
 

@@ -1,5 +1,5 @@
-"""What a trial is told: the training recipe (``TrainSettings``), the objectives and the data
-(``ObjectiveSpec``), and the names they may take. Plain data without torch, so that an experiment
+"""What a trial is told: the training recipe (``TrainSettings``), the data (``DataSpec``), both held with the
+objectives, the run directory and the deadline by the frozen ``TrialSpec``, and the names they may take. Plain data without torch, so that an experiment
 file is read and checked at once (a search's heartbeat starts before torch is imported).
 
 Each check lives here once: unknown keys (:func:`check_known`), the objectives
@@ -8,12 +8,16 @@ Each check lives here once: unknown keys (:func:`check_known`), the objectives
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
-from typing import Any, Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
 
 from nexsearch.device import compile_mode
 from nexsearch.errors import UserError
 from nexsearch.objectives.table import objective_names
+
+if TYPE_CHECKING:
+    from nexsearch.rundir import RunDir
 
 DATASETS = ("cifar100", "digits", "synthetic", "folder")
 FULL_LAYOUTS = ("t", "s", "tp")  # full-size layouts of full_params / full_macs / full_latency
@@ -43,7 +47,7 @@ def check_layout(layout: str) -> None:
         raise UserError(f"unknown full_layout '{layout}': choose one of {', '.join(FULL_LAYOUTS)}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainSettings:
     """Everything about proxy training except the architecture. Experiment files set these."""
 
@@ -77,7 +81,7 @@ class TrainSettings:
     crash_cost: float = 1.0  # cost of a failed trial (error rate of 100%)
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "TrainSettings":
+    def from_dict(cls, values: Mapping[str, Any]) -> TrainSettings:
         check_known(cls, values, "training setting")
         return cls(**dict(values))
 
@@ -99,8 +103,8 @@ class TrainSettings:
 @dataclass
 class TrialInputs:
     """What every trial of an experiment evaluates, as the experiment file spells it: the data, the training
-    recipe, the objectives. Declared once: ``Experiment`` (the file) and ``ObjectiveSpec`` (what each trial
-    process is told) both are these fields plus their own."""
+    recipe, the objectives. ``Experiment`` (the file) is these fields plus its own; it builds each trial's
+    ``TrialSpec`` from them (the data fields into its ``DataSpec``, by name)."""
 
     dataset: str = "cifar100"
     data_dir: str | None = "data"  # cifar100: the folder holding cifar-100-python; folder: the ImageFolder tree
@@ -115,30 +119,61 @@ class TrialInputs:
     full_layout: str = "tp"  # full-size layout of the full_params / full_macs / full_latency objectives
 
 
-@dataclass
-class ObjectiveSpec(TrialInputs):
-    """What a trial evaluates (the experiment's ``TrialInputs``), plus where it logs and when it must stop."""
+@dataclass(frozen=True)
+class DataSpec:
+    """The data of every trial, whole: what ``datasets.load_dataset`` loads (its fields are those of the
+    experiment's ``TrialInputs`` of the same names, plus the seed and the synthetic set's size)."""
 
-    data_seed: int = 0
+    dataset: str
+    data_dir: str | None = None  # cifar100: the folder holding cifar-100-python (default data); folder: the tree
+    download: bool = False  # cifar100: download into data_dir when missing
+    val_fraction: float = 0.1
+    image_size: int | None = None
+    train_subset: int | None = None  # train proxies on this many (random) training images only
+    test_fraction: float = 0.1  # folder datasets without test_dir: seeded share held out for testing
+    test_dir: str | None = None  # folder datasets: an ImageFolder tree of test images (same classes)
+    seed: int = 0  # the validation split, the subset, the synthetic images
     synthetic_size: int = 2048  # dataset "synthetic": images before the test and validation splits
     synthetic_classes: int = 10
-    trials_path: str | None = None  # JSON lines, one per finished trial
-    deadline: float | None = None  # epoch seconds: trials stop (status timeout) when the search's budget ends
-    latency_cache: str | None = None  # JSON lines: full-size latency per configuration, layout and device
 
     def __post_init__(self) -> None:
-        self.objectives = check_objectives(self.objectives)
         for name, low, high in (("synthetic_size", 8, 1_000_000), ("synthetic_classes", 2, 10_000)):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
                 raise UserError(f"{name} must be a whole number from {low} to {high:,}, got {value!r}")
 
-    @property
-    def settings(self) -> TrainSettings:
-        return TrainSettings.from_dict(self.train)
+    @classmethod
+    def of(cls, inputs: TrialInputs, seed: int) -> "DataSpec":
+        """The data fields of the experiment's ``inputs`` (the fields of both, by name) with the data seed."""
+        shared = {f.name for f in fields(cls)} & {f.name for f in fields(TrialInputs)}
+        return cls(**{name: getattr(inputs, name) for name in shared}, seed=seed)
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """What a trial evaluates, built once by the experiment (``Experiment.trial_spec``) and handed down unchanged:
+    the data, the training recipe, the objectives, where trials log and when they must stop."""
+
+    data: DataSpec
+    settings: TrainSettings = field(default_factory=TrainSettings)
+    objectives: tuple[str, ...] = ("error",)
+    full_layout: str = "tp"  # full-size layout of the full_params / full_macs / full_latency objectives
+    run_dir: RunDir | None = None  # where trials log (None: nowhere, e.g. the pre-run check)
+    deadline: float | None = None  # epoch seconds: trials stop (status timeout) when the search's budget ends
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "objectives", tuple(check_objectives(self.objectives)))
 
     @property
     def data_key(self) -> tuple:
-        return (self.dataset, self.data_dir, self.val_fraction, self.data_seed, self.image_size, self.train_subset,
-                self.synthetic_size, self.synthetic_classes, self.train.get("device", "auto"),
-                self.test_fraction, self.test_dir)
+        """What the loaded data depends on: a process reloads it when this changes."""
+        return self.data, self.settings.device
+
+    @property
+    def latency_cache(self) -> Path | None:
+        """The run's full-size latency per configuration, layout and device (JSON lines)."""
+        return self.run_dir.latency_cache if self.run_dir is not None else None
+
+    def on_device(self, device: str) -> "TrialSpec":
+        """This spec with trials on ``device``."""
+        return replace(self, settings=replace(self.settings, device=device))

@@ -26,7 +26,6 @@ from typing import Any, Callable
 import torch
 
 from nexsearch.device import autocast
-from nexsearch.objectives.settings import STEP_MODES  # noqa: F401  (the names; checked in TrainSettings)
 
 WARMUP_STEPS = 3  # eager steps on a side stream before the capture (cuDNN / cuBLAS workspaces, lazy state)
 # timm's LAMB on CPU tensors: single-tensor (False) or multi-tensor (True). `nexsearch bench train --foreach`

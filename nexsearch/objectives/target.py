@@ -5,7 +5,7 @@ changed. So the function SMAC sees, ``target_function``, is one stable line; eve
 does lives in ``evaluate_trial``, which may change freely.
 
 Each process (the main one, or a Dask worker) is told what to evaluate once through
-``configure(spec)``; the dataset is then loaded once per process, its training and validation splits
+``SEARCH.configure(spec)`` (a ``TrialContext``); the dataset is then loaded once per process, its training and validation splits
 kept on the training device (the test split, which no trial reads, stays on the CPU).
 
 A trial that fails (out of memory, diverged, crashed, timed out) is written to the trial log
@@ -23,15 +23,17 @@ from __future__ import annotations
 import os
 import socket
 import time
+from dataclasses import replace
 from typing import Any, Mapping
 
 from nexsearch.device import resolve_device
 from nexsearch.objectives.datasets import Splits, load_dataset
-from nexsearch.objectives.settings import ObjectiveSpec
+from nexsearch.objectives.settings import TrialSpec
+from nexsearch.objectives.record import TrialRecord
 from nexsearch.objectives.table import produce, record_key
 from nexsearch.objectives.trainer import budget_to_epochs, train_proxy
-from nexsearch.rundir import RunDir, append_jsonl
 from nexsearch.running import TrialProgress
+from nexsearch.search_space.space import to_dict
 
 
 class TrialFailed(RuntimeError):
@@ -51,88 +53,103 @@ def is_cut(value: Any) -> bool:
     return str((value.additional_info or {}).get("error", "")).startswith(f"{TrialCut.__name__}(")
 
 
-_PROCESS: dict[str, Any] = {}  # this process's spec and data for SMAC's trials (nexsearch evaluate keeps its own)
+class TrialContext:
+    """One process's trial spec and its dataset (loaded on first use, once), for one purpose: ``SEARCH`` (SMAC's
+    trials) or an evaluation's trainings (``nexsearch.evaluate``: it keeps its test split on the
+    training device too). The Dask worker plugin configures it in each worker; pickled, a context stands for the
+    worker process's own one of that name."""
+
+    _NAMED: dict[str, "TrialContext"] = {}
+
+    def __init__(self, name: str, test: bool = False):
+        self.name, self.test = name, test
+        self.spec: TrialSpec | None = None
+        self._splits: Splits | None = None
+
+    @classmethod
+    def named(cls, name: str, test: bool = False) -> "TrialContext":
+        """This process's context ``name`` (made on first use)."""
+        return cls._NAMED.setdefault(name, cls(name, test))
+
+    def __reduce__(self):
+        return TrialContext.named, (self.name, self.test)
+
+    def configure(self, spec: TrialSpec) -> TrialSpec:
+        """Set what this context's trials evaluate (the data is loaded again only when it changed)."""
+        if self.spec is None or self.spec.data_key != spec.data_key:
+            self._splits = None
+        self.spec = spec
+        return spec
+
+    def loaded(self) -> tuple[TrialSpec, Splits]:
+        """The spec and its dataset, training and validation on the training device (loaded once; the test split
+        too for a context made with ``test=True``)."""
+        if self.spec is None:
+            raise RuntimeError(f"the trial context '{self.name}' was not configured in this process")
+        if self._splits is None:
+            self._splits = load_splits(self.spec, test=self.test)
+        return self.spec, self._splits
+
+    def unload(self) -> None:
+        """Drop the dataset (the spec stays): when trials run in worker processes, which load their own."""
+        self._splits = None
 
 
-def configure(spec: ObjectiveSpec | Mapping[str, Any], slot: dict[str, Any] = _PROCESS) -> ObjectiveSpec:
-    """Set what ``target_function`` evaluates in this process (the data loads on first use); ``slot`` holds it
-    (default: the search's)."""
-    if not isinstance(spec, ObjectiveSpec):
-        spec = ObjectiveSpec(**dict(spec))
-    old = slot.get("spec")
-    if old is None or old.data_key != spec.data_key:
-        slot.clear()
-    slot["spec"] = spec
-    return spec
+SEARCH = TrialContext.named("search")  # SMAC's trials in this process
 
 
-def loaded(slot: dict[str, Any] = _PROCESS, test: bool = False) -> tuple[ObjectiveSpec, Splits]:
-    """This process's spec and its dataset, training and validation on the training device (loaded once; the
-    test split too with ``test=True``, for a slot that always asks for it)."""
-    if "spec" not in slot:
-        raise RuntimeError("nexsearch.objectives.target.configure(...) was not called in this process")
-    spec: ObjectiveSpec = slot["spec"]
-    if "splits" not in slot:
-        slot["splits"] = load_splits(spec, test=test)
-    return spec, slot["splits"]
-
-
-def unload() -> None:
-    """Drop this process's dataset (the spec stays): when trials run in worker processes, which load their own."""
-    _PROCESS.pop("splits", None)
-
-
-def load_splits(spec: ObjectiveSpec, test: bool = False) -> Splits:
+def load_splits(spec: TrialSpec, test: bool = False) -> Splits:
     """The dataset of ``spec``, split and moved to its training device (the test split only with ``test=True``)."""
-    device = resolve_device(spec.settings.device)
-    splits = load_dataset(
-        spec.dataset, spec.data_dir, val_fraction=spec.val_fraction, seed=spec.data_seed,
-        image_size=spec.image_size, download=spec.download, train_subset=spec.train_subset,
-        synthetic_size=spec.synthetic_size, synthetic_classes=spec.synthetic_classes,
-        test_fraction=spec.test_fraction, test_dir=spec.test_dir,
-    )
-    return splits.to(device, test=test)
+    return load_dataset(spec.data).to(resolve_device(spec.settings.device), test=test)
 
 
 def evaluate_trial(config: Any, seed: int = 0, budget: float | None = None) -> tuple[Any, dict[str, Any]]:
-    """Train one proxy; log the record; return SMAC's (cost, additional_info) or raise ``TrialFailed``."""
-    spec, splits = loaded()
+    """Train one proxy; log the record; return SMAC's (cost, additional_info) or raise ``TrialFailed``.
+    ``config`` (SMAC's ``Configuration``) goes to the trainer as it is: it checks it, once."""
+    spec, splits = SEARCH.loaded()
     started = time.time()
-    settings = spec.settings
-    by_deadline = False
+    settings, by_deadline = spec.settings, False
     if spec.deadline is not None:
         left = spec.deadline - started
         if left <= 0:  # SMAC may hand out one more trial as the budget ends: do not start it
-            _cut({"status": "cut", "reason": "the search's wall-clock budget ended before this trial started",
-                  "config": dict(config), "seed": int(seed), "budget": budget, "curve": [], "start_time": started,
-                  "end_time": time.time(), "host": socket.gethostname(), "pid": os.getpid()}, spec)
+            _cut(TrialRecord("cut", "the search's wall-clock budget ended before this trial started", config,
+                             int(seed), budget, start_time=started), spec)
         by_deadline = settings.time_limit_s is None or left < settings.time_limit_s
-        settings.time_limit_s = left if settings.time_limit_s is None else min(settings.time_limit_s, left)
-    progress = TrialProgress(RunDir.of_trials(spec.trials_path) if spec.trials_path else None, dict(config),
-                             int(seed), budget, budget_to_epochs(budget, settings.epochs))
+        settings = replace(settings, time_limit_s=left if settings.time_limit_s is None
+                           else min(settings.time_limit_s, left))
+    progress = TrialProgress(spec.run_dir, to_dict(config), int(seed), budget,
+                             budget_to_epochs(budget, settings.epochs))
     try:  # the live view and `nexsearch status` read the progress file while the trial trains
-        record = train_proxy(dict(config), splits, settings, seed=int(seed), budget=budget, on_epoch=progress.epoch)
+        record = train_proxy(config, splits, settings, seed=int(seed), budget=budget, on_epoch=progress.epoch)
     finally:
         progress.close()
-    record.update(produce(record, spec))  # the objectives made after training (full-size costs, ...)
-    record.update(start_time=started, end_time=time.time(), host=socket.gethostname(), pid=os.getpid())
-    if record["status"] == "timeout" and by_deadline:
-        _cut(dict(record, status="cut", reason="the search's wall-clock budget ended during this trial "
-                                               f"({record['reason']})"), spec)
-    if spec.trials_path:
-        append_jsonl(spec.trials_path, record)
-    if record["status"] != "ok":
-        raise TrialFailed(record)
-    info = {k: v for k, v in record.items() if k != "config"}
+    record.merge(produce(record, spec))  # the objectives made after training (full-size costs, ...)
+    _finished(record, started)
+    if record.status == "timeout" and by_deadline:
+        record.status, record.reason = "cut", f"the search's wall-clock budget ended during this trial ({record.reason})"
+        _cut(record, spec)
+    if spec.run_dir is not None:
+        spec.run_dir.append_trial(record.to_json())
+    if record.status != "ok":
+        raise TrialFailed(record.to_json())
+    info = {k: v for k, v in record.to_json().items() if k != "config"}
     if len(spec.objectives) == 1:
-        return float(record["cost"]), info
+        return float(record.cost), info
     return {name: float(record[record_key(name)]) for name in spec.objectives}, info
 
 
-def _cut(record: dict[str, Any], spec: ObjectiveSpec) -> None:
-    if spec.trials_path:
-        append_jsonl(spec.trials_path, record)
-    raise TrialCut(record)
+def _finished(record: TrialRecord, started: float) -> TrialRecord:
+    """The record with when, where and by which process the trial ran."""
+    record.start_time, record.end_time, record.host, record.pid = started, time.time(), socket.gethostname(), os.getpid()
+    return record
+
+
+def _cut(record: TrialRecord, spec: TrialSpec) -> None:
+    if record.end_time is None:
+        _finished(record, record.start_time)
+    if spec.run_dir is not None:
+        spec.run_dir.append_trial(record.to_json())
+    raise TrialCut(record.to_json())
 
 
 def target_function(config, seed: int = 0, budget: float | None = None):

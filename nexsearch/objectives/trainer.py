@@ -31,15 +31,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nexsearch.device import (  # noqa: F401  (resolve_device: re-exported for callers of the trainer)
-    autocast, compile_mode, maybe_compile, peak_memory_mb, resolve_device, sync, time_total,
-)
+from nexsearch.device import autocast, compile_mode, maybe_compile, peak_memory_mb, sync, time_total
 from nexsearch.errors import UserError
 from nexsearch.objectives.datasets import Splits, TensorData
-from nexsearch.objectives.settings import TrainSettings  # noqa: F401  (re-exported: the trainer's settings)
+from nexsearch.objectives.record import TrialRecord
+from nexsearch.objectives.settings import TrainSettings
 from nexsearch.objectives.step import GraphStep, StepFallback, cosine_lr_table, optimizer_foreach, resolve_step
 from nexsearch.search_space.builder import build_model, count_params
-from nexsearch.search_space.space import to_dict, validate
+from nexsearch.search_space.space import validate
 
 
 
@@ -231,6 +230,22 @@ class _Run:
     step_mode: str | None = None  # eager, graph or compile: how the steps ran (objectives/step.py)
     step_fallback: str | None = None  # why a graph capture fell back to eager steps
 
+    def measures(self, ok: bool, test: bool, device: torch.device, peak: tuple[float, str],
+                 wall_s: float) -> dict[str, Any]:
+        """What the trial measured, as the record's keys (the errors only where it trained to an end)."""
+        r4 = lambda v: None if v is None else round(v, 4)  # noqa: E731
+        return {
+            "val_error": self.val_error if ok else None, "val_loss": self.val_loss if ok else None,
+            "epochs": self.epochs, "epochs_run": self.epochs_run, "train_time_s": r4(self.train_time_s),
+            "setup_s": r4(self.setup_s), "first_epoch_s": r4(self.first_epoch_s), "eval_s": r4(self.eval_s),
+            "wall_time_s": r4(wall_s), "params": self.params, "macs": self.macs, "throughput": self.throughput,
+            "latency_ms": 1000.0 / self.throughput if self.throughput else None,
+            "peak_memory_mb": round(peak[0], 1), "peak_memory_kind": peak[1], "device": str(device),
+            "step": self.step_mode, "step_fallback": self.step_fallback,
+            **({"test_error": self.test_error if ok else None, "test_loss": self.test_loss if ok else None}
+               if test else {}),
+        }
+
 
 def train_proxy(
     config: Mapping[str, Any],
@@ -240,26 +255,26 @@ def train_proxy(
     budget: float | None = None,
     test: bool = False,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
-) -> dict[str, Any]:
+) -> TrialRecord:
     """Train the proxy of ``config`` for ``budget`` epochs; return the result record (never raises for a bad trial).
 
+    ``config``: SMAC's ``Configuration`` (as it is) or a mapping; either is checked here, once (``validate``: a
+    Configuration of the space passes), and the builder and the objectives' producers take it as checked.
     ``test=True`` (final evaluations only, never a search) also reports ``test_error`` and ``test_loss``;
     ``on_epoch`` is called with each epoch's row of the learning curve as it ends.
     """
     settings = settings or TrainSettings()
     device = splits.train.images.device
-    epochs = budget_to_epochs(budget, settings.epochs)
-    run = _Run(epochs=epochs)
+    run = _Run(epochs=budget_to_epochs(budget, settings.epochs))
     status, reason = "ok", ""
     start = time.perf_counter()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     model = optimizer = None
     try:
-        checked = validate(config)  # a Configuration (SMAC's, or from a mapping): checked once, here
-        config = to_dict(checked)
-        status, reason, model, optimizer = _train(checked, splits, settings, seed, device, run, start, test,
-                                                      on_epoch)
+        config = validate(config)
+        status, reason, model, optimizer = _train(config, splits, settings, seed, device, run, start, test,
+                                                  on_epoch)
     except torch.OutOfMemoryError as exc:
         status, reason = "oom", f"out of memory: {str(exc).splitlines()[0] if str(exc) else 'OutOfMemoryError'}"
     except _Diverged as exc:
@@ -267,40 +282,14 @@ def train_proxy(
     except Exception as exc:  # contain everything: a trial must never end the search
         status, reason = "crashed", f"{type(exc).__name__}: {exc}"
     finally:
-        peak_mb, peak_kind = peak_memory_mb(device)
+        peak = peak_memory_mb(device)
         del model, optimizer
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
     ok = status in ("ok", "timeout") and run.val_error is not None
-    return {
-        "status": status,
-        "reason": reason,
-        "cost": run.val_error if status == "ok" else settings.crash_cost,
-        "val_error": run.val_error if ok else None,
-        "val_loss": run.val_loss if ok else None,
-        "budget": budget,
-        "epochs": epochs,
-        "epochs_run": run.epochs_run,
-        "seed": seed,
-        "train_time_s": round(run.train_time_s, 4),
-        "setup_s": None if run.setup_s is None else round(run.setup_s, 4),
-        "first_epoch_s": None if run.first_epoch_s is None else round(run.first_epoch_s, 4),
-        "eval_s": round(run.eval_s, 4),
-        "wall_time_s": round(time.perf_counter() - start, 4),
-        "params": run.params,
-        "macs": run.macs,
-        "throughput": run.throughput,
-        "latency_ms": 1000.0 / run.throughput if run.throughput else None,
-        "peak_memory_mb": round(peak_mb, 1),
-        "peak_memory_kind": peak_kind,
-        "device": str(device),
-        "curve": run.curve,
-        "step": run.step_mode,
-        "step_fallback": run.step_fallback,
-        "config": dict(config),
-        **({"test_error": run.test_error if ok else None, "test_loss": run.test_loss if ok else None} if test else {}),
-    }
+    return TrialRecord(status, reason, config, seed, budget, cost=run.val_error if status == "ok" else settings.crash_cost,
+                       curve=run.curve, measures=run.measures(ok, test, device, peak, time.perf_counter() - start))
 
 
 def loss_fn_of(settings: TrainSettings):
@@ -375,13 +364,27 @@ class TrainSteps:
         return self.optimizer.param_groups[0]["lr"]
 
 
-def _train(config, splits, settings, seed, device, run, start, test=False, on_epoch=None):
+@dataclass
+class _Setup:
+    """What one trial trains with: the model (and ``net``, compiled where asked), its optimizer and steps."""
+
+    model: torch.nn.Module
+    net: torch.nn.Module
+    optimizer: Any
+    steps: TrainSteps
+    loader: DeviceLoader
+    mixup: Any
+    batch_size: int
+    steps_per_epoch: int
+
+
+def _setup(config, splits: Splits, settings: TrainSettings, seed: int, device: torch.device, run: _Run) -> _Setup:
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import CosineLRScheduler
+
     _seed_everything(seed)
-    g = torch.Generator(device=device).manual_seed(seed)
-    model = build_model(
-        config, "proxy", num_classes=splits.num_classes, width=settings.width, depth=settings.depth,
-        drop_path_rate=settings.drop_path,
-    )
+    model = build_model(config, "proxy", num_classes=splits.num_classes, width=settings.width, depth=settings.depth,
+                        drop_path_rate=settings.drop_path)
     run.params = count_params(model)
     run.macs = count_macs_fast(model, splits.image_size)
     model = model.to(device)
@@ -392,10 +395,6 @@ def _train(config, splits, settings, seed, device, run, start, test=False, on_ep
         torch.backends.cudnn.benchmark = run.epochs >= SHORT_TRIAL_EPOCHS if bench == "auto" else bool(bench)
     mode = resolve_step(settings.step, settings.compile, device.type)
     net = maybe_compile(model, (compile_mode(settings.compile) or "default") if mode == "compile" else False)
-
-    from timm.optim import create_optimizer_v2
-    from timm.scheduler import CosineLRScheduler
-
     batch_size = min(settings.batch_size, len(splits.train) - len(splits.train) % 2)
     steps_per_epoch = max(1, len(splits.train) // batch_size)
     total = steps_per_epoch * run.epochs
@@ -406,54 +405,25 @@ def _train(config, splits, settings, seed, device, run, start, test=False, on_ep
         optimizer, t_initial=total, lr_min=settings.min_lr, warmup_t=int(round(settings.warmup_frac * total)),
         warmup_lr_init=settings.min_lr, t_in_epochs=False,
     )
-    loss_fn = loss_fn_of(settings)
     mixup = None
     if settings.mixup > 0 or settings.cutmix > 0:
         from timm.data import Mixup
 
         mixup = Mixup(mixup_alpha=settings.mixup, cutmix_alpha=settings.cutmix,
                       label_smoothing=settings.label_smoothing, num_classes=splits.num_classes)
-    loader = DeviceLoader(splits.train, splits, settings, g)
-    steps = TrainSteps(mode, net, optimizer, scheduler, loss_fn, settings, total)
+    loader = DeviceLoader(splits.train, splits, settings, torch.Generator(device=device).manual_seed(seed))
+    steps = TrainSteps(mode, net, optimizer, scheduler, loss_fn_of(settings), settings, total)
+    return _Setup(model, net, optimizer, steps, loader, mixup, batch_size, steps_per_epoch)
+
+
+def _train(config, splits, settings, seed, device, run, start, test=False, on_epoch=None):
+    t = _setup(config, splits, settings, seed, device, run)
     status, reason = "ok", ""
-    model.train()
+    t.model.train()
     sync(device)
     run.setup_s = time.perf_counter() - start
     for epoch in range(run.epochs):
-        epoch_start = time.perf_counter()
-        n_steps = 0
-        for x, y in loader.epoch(batch_size):
-            steps.train(*(mixup(x, y) if mixup is not None else (x, y)))
-            n_steps += 1
-            if n_steps % 25 == 0 and not torch.isfinite(steps.loss_sum()):
-                raise _Diverged(f"non-finite training loss at epoch {epoch + 1}, step {n_steps}")
-            if settings.time_limit_s is not None and time.perf_counter() - start > settings.time_limit_s:
-                status = "timeout"
-                break
-        loss_sum = steps.take_loss_sum()
-        sync(device)
-        epoch_s = time.perf_counter() - epoch_start
-        run.train_time_s += epoch_s
-        if epoch == 0:
-            run.first_epoch_s = epoch_s
-        train_loss = float(loss_sum) / max(1, n_steps)
-        if not math.isfinite(train_loss):
-            raise _Diverged(f"non-finite training loss in epoch {epoch + 1}")
-        eval_start = time.perf_counter()
-        run.val_loss, run.val_error = evaluate(net, loader.eval_batches(splits.val, settings.eval_batch_size),
-                                               settings.precision)
-        run.eval_s += time.perf_counter() - eval_start
-        if not math.isfinite(run.val_loss):
-            raise _Diverged(f"non-finite validation loss after epoch {epoch + 1}")
-        run.epochs_run = epoch + 1 if status == "ok" else epoch + (n_steps / steps_per_epoch)
-        run.curve.append({
-            "epoch": epoch + 1, "train_loss": train_loss, "val_loss": run.val_loss, "val_error": run.val_error,
-            "lr": steps.lr(), "time_s": round(time.perf_counter() - start, 4),
-            "train_s": round(epoch_s, 4), "images": n_steps * batch_size,
-            "end_time": time.time(),
-        })
-        if on_epoch is not None:
-            on_epoch(run.curve[-1])
+        status = _epoch(t, splits, settings, device, run, start, epoch, on_epoch)
         if status == "timeout":
             reason = (f"time limit {settings.time_limit_s:g} s reached after {run.epochs_run:.2f} "
                       f"of {run.epochs} epochs")
@@ -462,12 +432,50 @@ def _train(config, splits, settings, seed, device, run, start, test=False, on_ep
     if test:
         if splits.test is None:
             raise UserError(f"dataset '{splits.name}' has no test split")
-        run.test_loss, run.test_error = evaluate(net, loader.eval_batches(splits.test, settings.eval_batch_size),
+        run.test_loss, run.test_error = evaluate(t.net, t.loader.eval_batches(splits.test, settings.eval_batch_size),
                                                  settings.precision)
     short = run.epochs < SHORT_TRIAL_EPOCHS  # a short trial is a cheap estimate: half the timed batches
     iters = max(1, settings.throughput_iters // 2) if short else settings.throughput_iters
-    run.throughput = measure_throughput(net, splits.image_size, device, settings, iters, graph=steps.mode == "graph")
+    run.throughput = measure_throughput(t.net, splits.image_size, device, settings, iters,
+                                        graph=t.steps.mode == "graph")
     run.eval_s += time.perf_counter() - eval_start
-    run.step_mode, run.step_fallback = steps.mode, steps.fallback
-    return status, reason, model, optimizer
+    run.step_mode, run.step_fallback = t.steps.mode, t.steps.fallback
+    return status, reason, t.model, t.optimizer
 
+
+def _epoch(t: _Setup, splits: Splits, settings: TrainSettings, device: torch.device, run: _Run, start: float,
+           epoch: int, on_epoch) -> str:
+    """One epoch's steps (stopped by the time limit: ``timeout``), its validation and its row of the curve."""
+    status, epoch_start, n_steps = "ok", time.perf_counter(), 0
+    for x, y in t.loader.epoch(t.batch_size):
+        t.steps.train(*(t.mixup(x, y) if t.mixup is not None else (x, y)))
+        n_steps += 1
+        if n_steps % 25 == 0 and not torch.isfinite(t.steps.loss_sum()):
+            raise _Diverged(f"non-finite training loss at epoch {epoch + 1}, step {n_steps}")
+        if settings.time_limit_s is not None and time.perf_counter() - start > settings.time_limit_s:
+            status = "timeout"
+            break
+    loss_sum = t.steps.take_loss_sum()
+    sync(device)
+    epoch_s = time.perf_counter() - epoch_start
+    run.train_time_s += epoch_s
+    if epoch == 0:
+        run.first_epoch_s = epoch_s
+    train_loss = float(loss_sum) / max(1, n_steps)
+    if not math.isfinite(train_loss):
+        raise _Diverged(f"non-finite training loss in epoch {epoch + 1}")
+    eval_start = time.perf_counter()
+    run.val_loss, run.val_error = evaluate(t.net, t.loader.eval_batches(splits.val, settings.eval_batch_size),
+                                           settings.precision)
+    run.eval_s += time.perf_counter() - eval_start
+    if not math.isfinite(run.val_loss):
+        raise _Diverged(f"non-finite validation loss after epoch {epoch + 1}")
+    run.epochs_run = epoch + 1 if status == "ok" else epoch + (n_steps / t.steps_per_epoch)
+    run.curve.append({
+        "epoch": epoch + 1, "train_loss": train_loss, "val_loss": run.val_loss, "val_error": run.val_error,
+        "lr": t.steps.lr(), "time_s": round(time.perf_counter() - start, 4),
+        "train_s": round(epoch_s, 4), "images": n_steps * t.batch_size, "end_time": time.time(),
+    })
+    if on_epoch is not None:
+        on_epoch(run.curve[-1])
+    return status

@@ -1,44 +1,56 @@
 """The local Dask cluster of ``run --workers`` and ``bench trials``, and its worker setup (no SMAC here).
 
-``make_client(N)`` starts N single-threaded worker processes (or joins an existing scheduler);
-``NexsearchWorkerPlugin`` tells every worker, also one that joins or restarts later, what to
-evaluate, on which GPU (worker *i* on GPU *i mod #GPUs*) or with how many CPU threads, and, when
-trials are packed by GPU memory (``workers_per_gpu: auto``), declares the worker's GPU memory as the Dask
-resource ``GPU_MEMORY_MB`` (unless the worker was started with one: ``dask worker --resources GPU_MEMORY_MB=N``).
+``worker_pool(N, ...)`` (around ``make_client``) starts N single-threaded worker processes (or joins an
+existing scheduler) and closes them again; ``NexsearchWorkerPlugin`` tells every worker, also one that joins
+or restarts later, what to evaluate, on which GPU (worker *i* on GPU *i mod #GPUs*) or with how many CPU threads,
+and, when trials are packed by GPU memory (``workers_per_gpu: auto``), declares the worker's GPU memory as the
+Dask resource ``GPU_MEMORY_MB`` (unless the worker was started with one: ``dask worker --resources GPU_MEMORY_MB=N``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Any
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from distributed import Client, LocalCluster, WorkerPlugin
 
 from nexsearch.errors import UserError
 
+if TYPE_CHECKING:
+    from nexsearch.objectives.settings import TrialSpec
+    from nexsearch.objectives.target import TrialContext
+
 
 class NexsearchWorkerPlugin(WorkerPlugin):
-    """Configures the objective (and the GPU / thread count) in each Dask worker process."""
+    """Configures a trial context (default: the search's, ``objectives.target.SEARCH``) in each Dask worker
+    process with the trial spec, its device chosen there (and the thread count)."""
 
-    name = "nexsearch-objective"
+    def __init__(self, spec: TrialSpec, n_local_workers: int | None = None, context: TrialContext | None = None,
+                 gpu_memory: bool = False):
+        from nexsearch.objectives.target import SEARCH
 
-    def __init__(self, spec: dict[str, Any], n_local_workers: int | None = None, gpu_memory: bool = False):
-        self.spec = spec
-        self.n_local_workers = n_local_workers
+        self.spec, self.n_local_workers, self.context = spec, n_local_workers, context or SEARCH
         self.gpu_memory = gpu_memory  # declare the GPU's memory as a Dask resource (packing by memory)
+        # one plugin per purpose: an evaluation's beside a search's on a shared scheduler, not instead of it
+        self.name = "nexsearch-objective" if self.context is SEARCH else f"nexsearch-{self.context.name}"
 
     def setup(self, worker: Any) -> Any:
         import torch
 
-        spec = dict(self.spec, train=dict(self.spec.get("train", {})))
+        from nexsearch.device import cpu_slots
+
+        spec = self.spec
         index = worker.name if isinstance(worker.name, int) else 0
-        device = spec["train"].get("device", "auto")
+        device = spec.settings.device
         if device in ("auto", "cuda") and torch.cuda.is_available():  # one GPU per worker, round robin
-            spec["train"]["device"] = f"cuda:{index % torch.cuda.device_count()}"
+            spec = spec.on_device(f"cuda:{index % torch.cuda.device_count()}")
         elif device in ("auto", "cpu") and self.n_local_workers:
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.n_local_workers))
-        self.configure(spec)
-        device = str(spec["train"].get("device", ""))
+            torch.set_num_threads(max(1, cpu_slots() // self.n_local_workers))
+        self.context.configure(spec)
+        device = str(spec.settings.device)
         if self.gpu_memory and device.startswith("cuda") and torch.cuda.is_available():
             return self.declare_gpu_memory(worker, torch.device(device).index or 0)
         return None
@@ -60,12 +72,6 @@ class NexsearchWorkerPlugin(WorkerPlugin):
         if GPU_MEMORY_RESOURCE in worker.state.total_resources:
             return None
         return worker.set_resources(**gpu_memory_resources(props.total_memory / 2**20))
-
-    def configure(self, spec: dict[str, Any]) -> None:
-        """Hand the worker's spec (its device chosen) to what it evaluates: SMAC's target function here."""
-        from nexsearch.objectives.target import configure
-
-        configure(spec)
 
 
 SECURITY_KEYS = ("tls_ca_file", "tls_client_cert", "tls_client_key", "require_encryption", "tls_min_version")
@@ -119,3 +125,30 @@ def make_client(workers: int, scheduler: str | None, local_directory: str,
         host="127.0.0.1", scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
     )
     return Client(cluster, security=sec), cluster
+
+
+@contextlib.contextmanager
+def worker_pool(workers: int, scheduler: str | None, local_directory: str | Path, security: str | None = None,
+                plugin: WorkerPlugin | None = None) -> Iterator[Client]:
+    """The one Dask client lifecycle (search, evaluate, bench trials): a client of a new local cluster of
+    ``workers`` processes, or of ``scheduler`` (with ``security``), with ``plugin`` registered; closed with its
+    cluster on the way out."""
+    client, cluster = make_client(workers, scheduler, str(local_directory), security)
+    try:
+        if plugin is not None:
+            client.register_plugin(plugin)
+        yield client
+    finally:
+        close_quietly(client, cluster)
+
+
+def close_quietly(*closables: Any) -> None:
+    """Close Dask clients and clusters; what Dask raises while an interrupt tears them down is no news."""
+    for c in closables:
+        if c is not None:
+            try:
+                c.close()
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException:  # also asyncio's CancelledError
+                pass

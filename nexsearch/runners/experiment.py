@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping
 import yaml
 
 from nexsearch.errors import UserError
-from nexsearch.objectives.settings import DATASETS, ObjectiveSpec, TrainSettings, TrialInputs, check_known, \
+from nexsearch.objectives.settings import DATASETS, DataSpec, TrainSettings, TrialInputs, TrialSpec, check_known, \
     check_layout, check_objectives
 from nexsearch.rundir import RunDir
 from nexsearch.runners.optimizers import OPTIMIZERS
@@ -218,17 +218,14 @@ class Experiment(TrialInputs):
     def multi_objective(self) -> bool:
         return len(self.objectives) > 1
 
-    def objective_spec(self, run_dir: RunDir | None, deadline: float | None = None) -> ObjectiveSpec:
-        """What each trial evaluates; ``run_dir``: where trials log (None: nowhere, e.g. the pre-run check).
-        The training recipe takes the trial's device, epochs and crash cost from the experiment (their one
-        source: an experiment file may not set them under ``train``)."""
-        inputs = {f.name: getattr(self, f.name) for f in fields(TrialInputs)}
-        inputs["train"] = dict(self.train, device=self.device, crash_cost=self.crash_cost, epochs=self.max_epochs)
-        return ObjectiveSpec(
-            **inputs, data_seed=self.seed, deadline=deadline,
-            trials_path=str(run_dir.trials) if run_dir else None,
-            latency_cache=str(run_dir.latency_cache) if run_dir else None,
-        )
+    def trial_spec(self, run_dir: RunDir | None, deadline: float | None = None) -> TrialSpec:
+        """What each trial evaluates, built once here; ``run_dir``: where trials log (None: nowhere, e.g. the
+        pre-run check). The training recipe takes the trial's device, epochs and crash cost from the experiment
+        (their one source: an experiment file may not set them under ``train``)."""
+        settings = TrainSettings.from_dict(dict(self.train, device=self.device, crash_cost=self.crash_cost,
+                                                epochs=self.max_epochs))
+        return TrialSpec(DataSpec.of(self, self.seed), settings, tuple(self.objectives), self.full_layout,
+                         run_dir, deadline)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -48,9 +48,9 @@ def _gib(n: float) -> str:
 def dataset_images(exp: "Experiment") -> int:
     """How many images the dataset loads (before train_subset keeps a part of them)."""
     if exp.dataset == "synthetic":
-        from nexsearch.objectives.settings import ObjectiveSpec
+        from nexsearch.objectives.settings import DataSpec
 
-        size = ObjectiveSpec.synthetic_size
+        size = DataSpec.synthetic_size
         return size + size // 4
     if exp.dataset == "folder":
         return sum(_count_files(Path(d)) for d in (exp.data_dir, exp.test_dir) if d)

@@ -18,7 +18,6 @@ dataset (loaded once here) and one tiny training step of the default configurati
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import json
 import logging
@@ -39,10 +38,9 @@ from nexsearch.runners.experiment import Experiment, read_saved_experiment, save
 from nexsearch.runners.preflight import check_dataset_memory, check_training_memory, check_workers, probe_scheduler
 
 
-def prepare_run_dir(exp: Experiment, console: Console | None = None) -> tuple[RunDir, bool]:
-    """Create the run directory, or check that an existing one holds this same experiment (a run without any
-    trial yet -- killed while it started -- takes the new settings instead)."""
-    rd = RunDir(exp.run_dir)
+def prepare_run_dir(exp: Experiment, rd: RunDir, console: Console | None = None) -> bool:
+    """Create the run directory ``rd`` of ``exp``, or check that an existing one holds this same experiment (a run
+    without any trial yet -- killed while it started -- takes the new settings instead); whether it is a resume."""
     if rd.path.exists() and not rd.path.is_dir():
         raise UserError(f"--out {rd.path} is a file, not a directory: choose another --out")
     if rd.is_run():
@@ -56,11 +54,11 @@ def prepare_run_dir(exp: Experiment, console: Console | None = None) -> tuple[Ru
             save_experiment(exp, rd)
             (console or Console(stderr=True)).print(f"{rd.path} had no trial yet: it takes the new settings "
                                                     f"({'; '.join(changes)})", highlight=False)
-        return rd, True
+        return True
     if rd.path.exists() and any(rd.path.iterdir()):
         raise UserError(f"{rd.path} exists and is not a nexsearch run: choose another --out (nothing was changed)")
     rd.create()
-    return rd, False
+    return False
 
 
 def _heartbeat(rd: RunDir, exp: Experiment, budget_s: float, used_before: float, started_at: float) -> Heartbeat:
@@ -88,8 +86,8 @@ def check_experiment(exp: Experiment) -> None:
         from nexsearch.tensorboard import require_tensorboard
 
         require_tensorboard()
-    target.configure(exp.objective_spec(None))
-    spec, splits = target.loaded()
+    target.SEARCH.configure(exp.trial_spec(None))
+    spec, splits = target.SEARCH.loaded()
     if len(splits.train) < 2 or len(splits.val) < 1:
         raise UserError(f"dataset '{exp.dataset}' has too few images ({len(splits.train)} for training, "
                         f"{len(splits.val)} for validation): use more data or a different val_fraction")
@@ -112,7 +110,7 @@ def check_experiment(exp: Experiment) -> None:
         raise UserError(f"one training step of the default configuration fails with these settings "
                         f"({type(exc).__name__}: {first}): fix the experiment's training settings") from None
     if exp.workers > 1 or exp.scheduler:
-        target.unload()  # the workers load their own copy
+        target.SEARCH.unload()  # the workers load their own copy
 
 
 def run_search(exp: Experiment, budget_s: float, console: Console | None = None,
@@ -188,13 +186,13 @@ def _run_search(exp: Experiment, budget_s: float, console: Console | None, start
             state = _heartbeat(rd, exp, budget_s, used_before, started_at)
             state.start()
             check_experiment(exp)
-            rd, resumed = prepare_run_dir(exp, console)
+            resumed = prepare_run_dir(exp, rd, console)
         else:
             # A new run is made before the checks (and removed again when they fail): its clock, too, runs from
             # the process start, and a kill during the checks (seconds: CUDA, the dataset, a training step) loses
             # at most a heartbeat. A run killed there has no trial yet and takes new settings when it resumes.
             existed = rd.path.exists()
-            rd, resumed = prepare_run_dir(exp, console)
+            resumed = prepare_run_dir(exp, rd, console)
             made = not existed  # from here on, a failure takes the new run back
             lock = rd.lock()
             save_experiment(exp, rd)
@@ -229,35 +227,15 @@ def _run_search(exp: Experiment, budget_s: float, console: Console | None, start
 
 def _search(exp: Experiment, rd: RunDir, resumed: bool, state: Heartbeat, console: Console) -> str:
     """SMAC's loop until the budget is spent; returns the run's status."""
-    from smac.runner import FirstRunCrashedException, TargetFunctionRunner
-
     from nexsearch.objectives import target
-    from nexsearch.runners.facade import SerialRunnerMixin, build_smac, retry_interrupted
-    from nexsearch.runners.progress import ProgressView
+    from nexsearch.runners.facade import build_smac, retry_interrupted
 
     budget_s, used_before = state.budget_s, state.used_before_s
-    spec = exp.objective_spec(rd, deadline=state.t0 + budget_s - used_before)
-    target.configure(spec)
-    client = cluster = None
-    try:
-        if exp.workers > 1 or exp.scheduler:
-            runner_factory, client, cluster = _dask_runner(exp, spec, rd)
-        else:
-            class SerialRunner(SerialRunnerMixin, TargetFunctionRunner):
-                pass
-
-            def runner_factory(scenario, required):
-                return SerialRunner(scenario, target.target_function, required_arguments=required)
-
-            _serial_threads(exp)
+    spec = target.SEARCH.configure(exp.trial_spec(rd, deadline=state.t0 + budget_s - used_before))
+    with contextlib.ExitStack() as closing:
+        runner_factory = _runner_factory(exp, spec, rd, closing)
         rd.clear_progress()  # left by processes a kill ended
-        progress = ProgressView(console, budget_s, used_before, running=lambda: state.running(),
-                                should_stop=lambda: state.used() >= budget_s, objectives=exp.objectives, run_dir=rd)
-        progress.started = state.t0
-        if exp.tensorboard:
-            from nexsearch.tensorboard import TrialBoard
-
-            progress.listeners.append(TrialBoard(rd.tensorboard).told)
+        progress = _progress_view(exp, rd, state, console)
         smac = build_smac(exp, rd.path, runner_factory, [progress], console=console)
         if exp.workers > 1 or exp.scheduler:
             state.running = lambda: len(smac._runner._pending_trials)
@@ -266,30 +244,66 @@ def _search(exp: Experiment, rd: RunDir, resumed: bool, state: Heartbeat, consol
         console.print(f"{'resuming' if resumed else 'starting'} {exp.optimizer} search '{exp.name}' in {rd.path} "
                       f"({format_duration(budget_s - state.used())} left, {exp.workers} worker(s))", highlight=False)
         retry_interrupted(smac, console)
-        warned = False
-        while True:
-            try:
-                with warnings.catch_warnings():
-                    # SMAC 2.4.1's local search takes the mean of an empty neighbourhood now and then (harmless;
-                    # numpy warns on stderr, in the middle of the live view)
-                    warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)
-                    warnings.filterwarnings("ignore", "invalid value encountered in scalar divide", RuntimeWarning)
-                    smac.optimize()
-                break
-            except FirstRunCrashedException:
-                # SMAC 2.4.1 raises while no trial has succeeded yet and one crashes, after recording it. Go on.
-                if not warned:
-                    console.print("a trial failed before any succeeded (recorded with its reason); the search goes on",
-                                  highlight=False)
-                    warned = True
-                if state.used() >= budget_s:
-                    break
+        _optimize(smac, state, console)
         # The facade saved its state as optimize() returned, with trials cut by the budget's end as RUNNING
         # (never told: the next resume evaluates them again). Keep a copy of that complete state.
         backup_smac_state(rd.smac_dir(exp.seed), finished=smac.runhistory.finished)
         return "finished" if state.used() >= budget_s else "stopped"
-    finally:
-        _close_quietly(client, cluster)
+
+
+def _runner_factory(exp: Experiment, spec: Any, rd: RunDir, closing: contextlib.ExitStack):
+    """SMAC's runner: trials in this process, or on the workers of a pool that ``closing`` closes."""
+    from smac.runner import TargetFunctionRunner
+
+    from nexsearch.objectives import target
+    from nexsearch.runners.facade import SerialRunnerMixin
+
+    if exp.workers > 1 or exp.scheduler:
+        return _dask_runner(exp, spec, rd, closing)
+
+    class SerialRunner(SerialRunnerMixin, TargetFunctionRunner):
+        pass
+
+    _serial_threads(exp)
+    return lambda scenario, required: SerialRunner(scenario, target.target_function, required_arguments=required)
+
+
+def _progress_view(exp: Experiment, rd: RunDir, state: Heartbeat, console: Console):
+    from nexsearch.runners.progress import ProgressView
+
+    progress = ProgressView(console, state.budget_s, state.used_before_s, running=lambda: state.running(),
+                            should_stop=lambda: state.used() >= state.budget_s, objectives=exp.objectives,
+                            run_dir=rd)
+    progress.started = state.t0
+    if exp.tensorboard:
+        from nexsearch.tensorboard import TrialBoard
+
+        progress.listeners.append(TrialBoard(rd.tensorboard).told)
+    return progress
+
+
+def _optimize(smac: Any, state: Heartbeat, console: Console) -> None:
+    """``smac.optimize()`` until it returns, or a first crashed trial ends it with the budget spent."""
+    from smac.runner import FirstRunCrashedException
+
+    warned = False
+    while True:
+        try:
+            with warnings.catch_warnings():
+                # SMAC 2.4.1's local search takes the mean of an empty neighbourhood now and then (harmless;
+                # numpy warns on stderr, in the middle of the live view)
+                warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)
+                warnings.filterwarnings("ignore", "invalid value encountered in scalar divide", RuntimeWarning)
+                smac.optimize()
+            return
+        except FirstRunCrashedException:
+            # SMAC 2.4.1 raises while no trial has succeeded yet and one crashes, after recording it. Go on.
+            if not warned:
+                console.print("a trial failed before any succeeded (recorded with its reason); the search goes on",
+                              highlight=False)
+                warned = True
+            if state.used() >= state.budget_s:
+                return
 
 
 def _used_before(rd: RunDir, console: Console) -> float:
@@ -308,18 +322,6 @@ def _tidy(rd: RunDir, exp: Experiment, console: Console) -> None:
         console.print(f"the last line of {rd.trials.name} was torn by a kill ({cut} bytes): moved to "
                       f"{rd.TORN}", highlight=False)
     restore_space(rd, exp.seed, console)
-
-
-def _close_quietly(*closables: Any) -> None:
-    """Close the Dask client and cluster; what Dask raises while an interrupt tears them down is no news."""
-    for c in closables:
-        if c is not None:
-            try:
-                c.close()
-            except (KeyboardInterrupt, SystemExit):
-                raise
-            except BaseException:  # also asyncio's CancelledError
-                pass
 
 
 def restore_space(rd: RunDir, seed: int, console: Console) -> None:
@@ -341,45 +343,41 @@ def restore_space(rd: RunDir, seed: int, console: Console) -> None:
 
 def _serial_threads(exp: Experiment) -> None:
     """Trials on the CPU in this process get every CPU slot, as each of n local Dask workers gets 1/n of them."""
-    import os
-
     import torch
 
-    from nexsearch.device import resolve_device
+    from nexsearch.device import cpu_slots, resolve_device
 
     if resolve_device(exp.device).type == "cpu":
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        torch.set_num_threads(cpu_slots())
 
 
-def _dask_runner(exp: Experiment, spec: Any, rd: RunDir):
+def _dask_runner(exp: Experiment, spec: Any, rd: RunDir, closing: contextlib.ExitStack):
     from smac.runner import TargetFunctionRunner
 
     from nexsearch.objectives import target
-    from nexsearch.runners.cluster import NexsearchWorkerPlugin, make_client
+    from nexsearch.runners.cluster import NexsearchWorkerPlugin, worker_pool
     from nexsearch.runners.workers import RobustDaskRunner
 
     if not exp.scheduler and exp.device != "cpu":  # trials sharing a GPU: CUDA MPS where bench trials says it pays
         from nexsearch.runners.mps import maybe_start_for_run
 
         maybe_start_for_run(exp.workers)
-    client, cluster = make_client(exp.workers, exp.scheduler, str(rd.dask_space), exp.scheduler_security)
     packing = _memory_packing(exp)
-    client.register_plugin(NexsearchWorkerPlugin(dataclasses.asdict(spec), None if exp.scheduler else exp.workers,
-                                                 gpu_memory=packing is not None))
+    client = closing.enter_context(worker_pool(
+        exp.workers, exp.scheduler, rd.dask_space, exp.scheduler_security,
+        NexsearchWorkerPlugin(spec, None if exp.scheduler else exp.workers, gpu_memory=packing is not None)))
 
     def lost(info: Any, reason: str, start: float) -> None:
-        from nexsearch.search_space.space import to_dict
+        from nexsearch.objectives.record import TrialRecord
 
-        rd.append_trial({
-            "status": "crashed", "reason": reason, "cost": exp.crash_cost, "budget": info.budget, "seed": info.seed,
-            "config": to_dict(info.config), "start_time": start, "end_time": time.time(), "curve": [],
-        })
+        rd.append_trial(TrialRecord("crashed", reason, info.config, info.seed, info.budget, cost=exp.crash_cost,
+                                    start_time=start, end_time=time.time()).to_json())
 
     def factory(scenario, required):
         single = TargetFunctionRunner(scenario, target.target_function, required_arguments=required)
         return RobustDaskRunner(single_worker=single, dask_client=client, on_lost_trial=lost, packing=packing)
 
-    return factory, client, cluster
+    return factory
 
 
 def _memory_packing(exp: Experiment):

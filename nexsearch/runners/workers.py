@@ -10,7 +10,7 @@ Trials cut by the end of the budget are kept from SMAC (see ``objectives/target.
 A worker plugin tells every worker, also one that joins or is restarted later, what to
 evaluate. A worker process that dies takes its trial with it: ``RobustDaskRunner`` records
 that trial as CRASHED (with the reason) instead of letting the error end the search, and
-Dask's nanny starts a replacement process. The cluster itself (``make_client``, the worker
+Dask's nanny starts a replacement process. The cluster itself (``worker_pool``, the worker
 plugin) lives in ``cluster.py``, which needs Dask but not SMAC (``bench trials`` uses it).
 
 Packing by GPU memory (``workers_per_gpu: auto`` on CUDA, ``packing=MemoryPacking``): every worker declares
