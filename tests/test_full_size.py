@@ -89,12 +89,12 @@ def test_parego_on_digits_against_full_latency(tmp_path, monkeypatch):
     exp = {
         "name": "full-latency", "dataset": "digits", "data_dir": None, "download": False, "train_subset": 256,
         "optimizer": "parego", "objectives": ["error", "full_latency"], "full_layout": "tp",
-        "min_epochs": 1, "max_epochs": 1, "initial_design": 3, "retrain_after": 2,
+        "min_epochs": 1, "max_epochs": 1, "initial_design": 3, "retrain_after": 2, "max_trials": 4,
         "train": {**TINY_EXP, "hflip": False},
     }
     run_dir = tmp_path / "run"
     console = Console(record=True, width=200)
-    run_search(experiment_from_dict({**exp, "output_dir": str(run_dir)}), 40.0, console=console)
+    run_search(experiment_from_dict({**exp, "output_dir": str(run_dir)}), 180.0, console=console)  # ends after 4 trials
     assert "Pareto front (error, full_latency)" in console.export_text()
     from nexsearch.analysis.run import load_run
     from nexsearch.runners.status import run_status
