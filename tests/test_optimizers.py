@@ -238,3 +238,16 @@ def test_bo_retrains_after_every_trial_of_a_serial_run_and_old_runs_keep_their_s
     assert new.differences(old) == []  # the unset default keeps what the run recorded
     resumed = first_trial_then_reload(old, tmp_path / "old")  # rebuilt with the new default: SMAC's record wins
     assert resumed._config_selector._retrain_after == 8 and resumed.runhistory.finished == 1
+
+
+def test_the_incumbent_is_the_configuration_with_the_lowest_mean_over_its_calls():
+    """calls_per_config > 1: one lucky call does not make the winner; the repeated configuration's mean does."""
+    from nexsearch.results import incumbent
+
+    def trial(n, cid, err):
+        return {"trial": n, "config_id": cid, "budget": None, "cost": err}
+
+    trials = [trial(1, 1, 0.10), trial(2, 2, 0.12), trial(3, 2, 0.12), trial(4, 1, 0.20), trial(5, 2, 0.13)]
+    assert incumbent(trials)["trial"] == 2  # configuration 2 (mean 0.123) over 1 (0.15, luckiest call 0.10)
+    assert incumbent([trial(1, 1, 0.3), trial(2, 2, 0.2), trial(3, 3, 0.2)])["trial"] == 2  # one call each
+    assert incumbent([]) is None
