@@ -2,9 +2,12 @@
 
     python benchmarks/bo_variants.py --table cifar10 --seeds 4 --k 200 base rand0 det3 ... > log
 
-Each variant is the facade ``build_smac`` makes for ``optimizer: bo`` (HPO facade, Sobol design plus the
-default configuration, batched selector) with one or more settings changed; names combine with '+'
-(``rand0+init10``). Prints one JSON line per variant: regret (accuracy points) after k/4, k/2 and k calls.
+Each variant is the facade ``build_smac`` made for ``optimizer: bo`` before issue 20's second session (HPO
+facade, Sobol design of 20 plus the default configuration, batched selector retrained every 8 trials, SMAC's
+local search, 20% random interleaving) with one or more settings changed; names combine with '+'
+(``rand0+init10``). ``enum+retrain1+rand0+init10`` is today's default (``build_smac`` on a table's space).
+``model`` reports, after k calls, the evaluated configuration with the lowest surrogate mean instead of the
+lowest observed error. Prints one JSON line per variant: regret (accuracy points) after k/4, k/2 and k calls.
 """
 
 from __future__ import annotations
