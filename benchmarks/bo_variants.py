@@ -2,9 +2,12 @@
 
     python benchmarks/bo_variants.py --table cifar10 --seeds 4 --k 200 base rand0 det3 ... > log
 
-Each variant is the facade ``build_smac`` makes for ``optimizer: bo`` (HPO facade, Sobol design plus the
-default configuration, batched selector) with one or more settings changed; names combine with '+'
-(``rand0+init10``). Prints one JSON line per variant: regret (accuracy points) after k/4, k/2 and k calls.
+Each variant is the facade ``build_smac`` made for ``optimizer: bo`` before issue 20's second session (HPO
+facade, Sobol design of 20 plus the default configuration, batched selector retrained every 8 trials, SMAC's
+local search, 20% random interleaving) with one or more settings changed; names combine with '+'
+(``rand0+init10``). ``enum+retrain1+rand0+init10`` is today's default (``build_smac`` on a table's space).
+``model`` reports, after k calls, the evaluated configuration with the lowest surrogate mean instead of the
+lowest observed error. Prints one JSON line per variant: regret (accuracy points) after k/4, k/2 and k calls.
 """
 
 from __future__ import annotations
@@ -15,11 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from smac import Callback
 
 from nexsearch.bench.optimizers import Table, _smac_run, configspace, regrets, run_one
 
 BASE = dict(initial_design=20, retrain_after=8, random_p=0.2, deterministic=True, max_config_calls=1, n_jobs=-1,
-            leaf=1, split=2, trees=10, challengers=10000, log_y=True, leaves=2**20, splitter="random", one_hot=False)
+            leaf=1, split=2, trees=10, challengers=10000, log_y=True, leaves=2**20, splitter="random", one_hot=False,
+            enumerate=False, report="observed", xi=0.0)
 VARIANTS: dict[str, dict[str, Any]] = {
     "base": {}, "nj1": dict(n_jobs=1), "rand0": dict(random_p=0.0), "rand05": dict(random_p=0.05),
     "det3": dict(deterministic=False, max_config_calls=3), "det2": dict(deterministic=False, max_config_calls=2),
@@ -27,6 +32,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "retrain1": dict(retrain_after=1), "leaf3": dict(leaf=3, split=3), "trees30": dict(trees=30),
     "nolog": dict(log_y=False), "slowrf": dict(leaves=2**20, n_jobs=-1),
     "best": dict(splitter="best"), "onehot": dict(one_hot=True),
+    "enum": dict(enumerate=True), "model": dict(report="model"), "trees50": dict(trees=50),
+    "xi01": dict(xi=0.01), "init5": dict(initial_design=5), "leaf2": dict(leaf=2, split=4),
 }
 
 
@@ -62,7 +69,31 @@ def options(name: str) -> dict[str, Any]:
     return opts
 
 
-def runner(opts: dict[str, Any]):
+class ModelReport(Callback):
+    """The "model" variant: after k calls report the evaluated configuration with the lowest mean predicted by
+    the surrogate refitted on every call so far (a copy: the search itself is not changed)."""
+
+    def __init__(self, trace, ks) -> None:
+        self.trace, self.ks = trace, set(ks)
+
+    def on_tell_end(self, smbo, info, value):
+        import copy
+
+        from ConfigSpace import Configuration
+
+        k = len(self.trace.keys)
+        sel = smbo._intensifier._config_selector
+        if k in self.ks and sel._model is not None:
+            X, Y, configs = sel._collect_data()
+            model = copy.deepcopy(sel._model)
+            model.train(X, Y)
+            means = np.asarray(model.predict_marginalized(configs)[0]).reshape(-1)
+            best = Configuration(sel._scenario.configspace, vector=configs[int(np.argmin(means))])
+            self.trace.chosen[k] = Table.key(dict(best))
+        return None
+
+
+def runner(opts: dict[str, Any], ks=()):
     def run(trace, table, n, seed, evaluate) -> None:
         from smac import HyperparameterOptimizationFacade as HPO, Scenario
         from smac.model.random_forest import RandomForest
@@ -78,12 +109,21 @@ def runner(opts: dict[str, Any]):
             model = RandomForest(space, log_y=opts["log_y"], n_trees=opts["trees"], ratio_features=1.0,
                                  min_samples_split=opts["split"], min_samples_leaf=opts["leaf"], seed=seed,
                                  n_jobs=opts["n_jobs"], max_leaf_nodes=opts["leaves"], splitter=opts["splitter"])
-            return HPO(scenario, target, overwrite=True, logging_level=40, model=model,
+            if opts["enumerate"]:
+                from nexsearch.runners.selector import SmallSpaceSearch
+
+                maximizer = SmallSpaceSearch(space, challengers=opts["challengers"], local_search_iterations=10,
+                                             seed=seed)
+            else:
+                maximizer = HPO.get_acquisition_maximizer(scenario, challengers=opts["challengers"])
+            callbacks = [ModelReport(trace, ks)] if opts["report"] == "model" else []
+            return HPO(scenario, target, overwrite=True, logging_level=40, model=model, callbacks=callbacks,
+                       acquisition_function=HPO.get_acquisition_function(scenario, xi=opts["xi"]),
                        initial_design=HPO.get_initial_design(scenario, n_configs=opts["initial_design"],
                                                              additional_configs=[space.get_default_configuration()]),
                        intensifier=HPO.get_intensifier(scenario, max_config_calls=opts["max_config_calls"]),
                        random_design=HPO.get_random_design(scenario, probability=opts["random_p"]),
-                       acquisition_maximizer=HPO.get_acquisition_maximizer(scenario, challengers=opts["challengers"]),
+                       acquisition_maximizer=maximizer,
                        config_selector=BatchedConfigSelector(scenario, retrain_after=opts["retrain_after"]))
         _smac_run(trace, table, n, seed, evaluate, build)
     return run
@@ -103,7 +143,7 @@ def main() -> None:
     for name in args.variants:
         rows, secs = [], []
         for seed in range(args.first_seed, args.first_seed + args.seeds):
-            trace = run_one(runner(options(name)), table, args.k, seed, not args.exact)
+            trace = run_one(runner(options(name), ks), table, args.k, seed, not args.exact)
             rows.append(regrets(trace, table, ks)["regret"])
             secs.append(trace.seconds)
         a = np.asarray(rows)

@@ -103,10 +103,22 @@ def at_top_budget(successful: Sequence[Mapping[str, Any]]) -> list[Any]:
 
 
 def incumbent(successful: Sequence[Mapping[str, Any]]) -> Any | None:
-    """The incumbent: among the successful trials at the highest budget, the one with the lowest error (the
-    earliest trial on a tie); None without a successful trial. A trial is a mapping with ``trial`` (its
-    number), ``budget`` and ``cost`` (SMAC's: a float, or a list whose first element is the error)."""
-    return min(at_top_budget(successful), key=lambda t: (error_of(t["cost"]), t["trial"]), default=None)
+    """The incumbent: among the successful trials at the highest budget, the configuration with the lowest mean
+    error over its trials -- a configuration called with several seeds (``calls_per_config``) is judged by its
+    mean, not by its luckiest call -- and of it the trial with the lowest error (the earliest configuration and
+    trial on a tie); None without a successful trial. A trial is a mapping with ``trial`` (its number),
+    ``budget``, ``cost`` (SMAC's: a float, or a list whose first element is the error) and ``config_id``
+    (without it, each trial stands alone). With one call per configuration: the trial with the lowest error."""
+    groups: dict[Any, list[Any]] = {}
+    for t in at_top_budget(successful):
+        groups.setdefault(t.get("config_id", ("trial", t["trial"])), []).append(t)
+    best = min(groups.values(), key=lambda g: (mean_error(g), min(t["trial"] for t in g)), default=None)
+    return None if best is None else min(best, key=lambda t: (error_of(t["cost"]), t["trial"]))
+
+
+def mean_error(trials: Sequence[Mapping[str, Any]]) -> float:
+    """The mean error of ``trials`` (one configuration's calls)."""
+    return sum(error_of(t["cost"]) for t in trials) / len(trials)
 
 
 def non_dominated(points: Sequence[Sequence[float]], maximise: Sequence[bool] = ()) -> list[int]:

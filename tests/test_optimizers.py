@@ -178,3 +178,76 @@ def test_calls_per_config_repeats_the_leading_configurations_with_new_seeds(tmp_
         seeds.setdefault(key.config_id, set()).add(key.seed)
     most = max(len(s) for s in seeds.values())
     assert most == calls and smac.runhistory.finished == 30
+
+
+# -- the bo defaults (issue 20) ------------------------------------------------------------------------------------
+
+def test_small_space_search_takes_the_acquisitions_maximum_over_every_configuration():
+    """On a small categorical space the acquisition maximizer scores all configurations: its first challenger is
+    the exact maximum (SMAC's local and random search only samples), evaluated configurations still included."""
+    from ConfigSpace import Categorical, ConfigurationSpace
+
+    from nexsearch.runners.selector import SmallSpaceSearch, enumerable
+
+    space = ConfigurationSpace(seed=0, space=[Categorical(f"x{i}", list("abcde")) for i in range(5)])
+    target = np.array([3, 1, 4, 0, 2], dtype=float)
+
+    class Acq:  # acquisition: highest at the one vector ``target``, lower the more dimensions differ
+        def _compute(self, X):
+            return -(X != target).sum(axis=1, keepdims=True).astype(float)
+
+    search = SmallSpaceSearch(space, challengers=100, seed=0)
+    search._acquisition_function = Acq()
+    ranked = search._maximize([], 10)
+    assert enumerable(space) and len(ranked) == 10
+    assert list(ranked[0][1].get_array()) == list(target) and ranked[0][0] == 0.0
+    assert [v for v, _ in ranked] == sorted((v for v, _ in ranked), reverse=True)
+    assert all(v == -1.0 for v, _ in ranked[1:])  # the 20 one-change neighbours come next
+    from ConfigSpace import EqualsCondition
+
+    conditional = ConfigurationSpace(seed=0, space=[Categorical("a", ["x", "y"]), Categorical("b", ["u", "v"])])
+    conditional.add(EqualsCondition(conditional["b"], conditional["a"], "x"))
+    assert not enumerable(conditional)  # nexsearch's design space: SMAC's own search
+
+
+def test_bo_retrains_after_every_trial_of_a_serial_run_and_old_runs_keep_their_setting(tmp_path):
+    """retrain_after unset: 1 for one worker; a run whose SMAC record says 8 (started before the default changed)
+    resumes with 8, and the experiment check does not refuse it for the changed default."""
+    from smac.runner import TargetFunctionRunner
+    from smac.runhistory.dataclasses import TrialValue
+
+    from nexsearch.bench.smac import fake_target
+    from nexsearch.runners.experiment import Experiment
+    from nexsearch.runners.facade import build_smac
+
+    def build(exp, where):
+        return build_smac(exp, where, lambda sc, req: TargetFunctionRunner(sc, fake_target,
+                                                                            required_arguments=["seed"]), [])
+
+    def first_trial_then_reload(exp, where):
+        smac = build(exp, where)
+        info = smac.ask()
+        smac.tell(info, TrialValue(cost=fake_target(info.config)))
+        return build(Experiment(name="r", dataset="synthetic", max_trials=20, initial_design=3), where)
+
+    new = Experiment(name="r", dataset="synthetic", max_trials=20, initial_design=3)
+    assert new.retrain_after is None
+    smac = build(new, tmp_path / "new")
+    assert smac._config_selector._retrain_after == 1
+    old = Experiment(name="r", dataset="synthetic", max_trials=20, initial_design=3, retrain_after=8)
+    assert new.differences(old) == []  # the unset default keeps what the run recorded
+    resumed = first_trial_then_reload(old, tmp_path / "old")  # rebuilt with the new default: SMAC's record wins
+    assert resumed._config_selector._retrain_after == 8 and resumed.runhistory.finished == 1
+
+
+def test_the_incumbent_is_the_configuration_with_the_lowest_mean_over_its_calls():
+    """calls_per_config > 1: one lucky call does not make the winner; the repeated configuration's mean does."""
+    from nexsearch.results import incumbent
+
+    def trial(n, cid, err):
+        return {"trial": n, "config_id": cid, "budget": None, "cost": err}
+
+    trials = [trial(1, 1, 0.10), trial(2, 2, 0.12), trial(3, 2, 0.12), trial(4, 1, 0.20), trial(5, 2, 0.13)]
+    assert incumbent(trials)["trial"] == 2  # configuration 2 (mean 0.123) over 1 (0.15, luckiest call 0.10)
+    assert incumbent([trial(1, 1, 0.3), trial(2, 2, 0.2), trial(3, 3, 0.2)])["trial"] == 2  # one call each
+    assert incumbent([]) is None

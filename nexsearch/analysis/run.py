@@ -113,8 +113,8 @@ class Run:
 
     def _as_trials(self, rows: pd.DataFrame) -> list[dict[str, Any]]:
         """Rows as the plain trials ``nexsearch.results`` takes (number, budget, SMAC's cost vector)."""
-        return [{"trial": int(t), "budget": b, "cost": list(c), "row": i}
-                for i, (t, b, *c) in enumerate(rows[["trial", "budget", *self.objectives]].itertuples(index=False))]
+        return [{"trial": int(t), "budget": b, "config_id": cid, "cost": list(c), "row": i} for i, (t, b, cid, *c)
+                in enumerate(rows[["trial", "budget", "config_id", *self.objectives]].itertuples(index=False))]
 
     def _require_success(self) -> pd.DataFrame:
         ok = self.successful

@@ -83,6 +83,8 @@ class Trace:
         self.keys: list[str] = []
         self.costs: list[list[float]] = []
         self.seconds = 0.0
+        self.chosen: dict[int, str] = {}  # k -> the configuration the optimizer itself reports after k calls
+
 
     def add(self, key: str, cost: list[float]) -> None:
         self.keys.append(key)
@@ -212,7 +214,7 @@ def regrets(trace: Trace, table: Table, ks: list[int]) -> dict[str, list[float]]
     """Regret (accuracy points) of the reported configuration after k calls, and after the top-5 re-evaluation."""
     out: dict[str, list[float]] = {"regret": [], "top5": []}
     for k in ks:
-        out["regret"].append(table.best - table.mean[trace.reported(k)[0]])
+        out["regret"].append(table.best - table.mean[trace.chosen.get(k) or trace.reported(k)[0]])
         out["top5"].append(table.best - max(table.mean[key] for key in trace.reported(k, 5)))
     return out
 

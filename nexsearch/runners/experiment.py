@@ -120,6 +120,11 @@ _TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str:
                dict: "a mapping"}
 
 
+# Settings whose default (null) lets a resumed run keep the value it recorded (the optimizer reads it back from
+# SMAC's record: nexsearch.runners.optimizers.SearchSetup), so that a changed default leaves old runs resumable.
+KEEP_RECORDED = ("initial_design", "retrain_after")
+
+
 def _check_value(where: str, value: Any, hint: Any, rule: tuple[Callable[[Any], bool], str] | None) -> Any:
     """``value`` checked against the annotation ``hint`` and the value ``rule``; returns it (a number written
     as a string, as YAML reads ``1e-3``, becomes a float). Raises a one-line ``UserError`` naming ``where``."""
@@ -170,8 +175,8 @@ class Experiment(TrialInputs):
     min_epochs: int = 3  # hyperband's smallest budget
     max_epochs: int = 27  # every trial's epochs for bo / random / parego; hyperband's largest budget
     eta: int = 3  # hyperband
-    initial_design: int = 20  # configurations SMAC evaluates before its surrogate takes over
-    retrain_after: int = 8  # surrogate retraining frequency (trials)
+    initial_design: int | None = None  # configurations SMAC evaluates before its surrogate takes over; null: 10
+    retrain_after: int | None = None  # surrogate retraining frequency (trials); null: the workers (1: every trial)
     calls_per_config: int = 1  # bo/parego: calls with new seeds for the leading configurations (SMAC intensifies)
     max_trials: int = 1_000_000  # safety cap; the wall-clock budget normally ends a run
     crash_cost: float = 1.0
@@ -242,7 +247,7 @@ class Experiment(TrialInputs):
                 for sub in sorted(set(a[key]) | set(b[key])):
                     if a[key].get(sub) != b[key].get(sub):
                         out.append(f"train.{sub}: {b[key].get(sub)!r} -> {a[key].get(sub)!r}")
-            elif a[key] != b[key]:
+            elif a[key] != b[key] and not (key in KEEP_RECORDED and a[key] is None):
                 out.append(f"{key}: {b[key]!r} -> {a[key]!r}")
         return out
 

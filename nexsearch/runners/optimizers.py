@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 # Latency / params / MACs of a crashed trial, for SMAC's surrogate only: above every real value (full-size
 # MACs included), since SMAC normalises by the successful trials' range without clipping.
 SECONDARY_CRASH_COST = 1e15
+# bo's initial design (Sobol, besides the default configuration) when the experiment leaves it unset; a resumed
+# run keeps what it recorded (docs/benchmarks.md, issue 20: 10 with the other defaults led on NAS-Bench-201)
+INITIAL_DESIGN = 10
 
 
 @dataclass
@@ -74,7 +77,51 @@ class SearchSetup:
         return scenario
 
     def config_selector(self, scenario: Any) -> Any:
-        return self.selector(scenario, retrain_after=self.exp.retrain_after)
+        return self.selector(scenario, retrain_after=self.retrain_after(scenario))
+
+    def retrain_after(self, scenario: Any) -> int:
+        """The experiment's ``retrain_after``; unset (null, the default): what a resumed run's SMAC record says
+        (runs started before keep their setting, 8 then), else the number of workers -- a serial search retrains
+        its surrogate after every trial (a fit of the fast forest takes milliseconds; docs/benchmarks.md)."""
+        if self.exp.retrain_after is not None:
+            return int(self.exp.retrain_after)
+        recorded = recorded_meta(scenario).get("config_selector", {}).get("retrain_after")
+        return int(recorded) if recorded else max(1, int(self.exp.workers))
+
+    def initial_design(self, scenario: Any, default: int = 0) -> int:
+        """The experiment's ``initial_design``; unset (null, the default): a resumed run's recorded size (runs
+        started before keep theirs, 20 then), else ``default`` (0: ``INITIAL_DESIGN``)."""
+        if self.exp.initial_design is not None:
+            return int(self.exp.initial_design)
+        recorded = recorded_meta(scenario).get("initial_design", {}).get("n_configs")
+        return int(recorded) if recorded is not None else default or INITIAL_DESIGN
+
+    @staticmethod
+    def random_design(scenario: Any, maximizer: Any) -> Any:
+        """Random configurations interleaved with the surrogate's: SMAC's 20% beside its local search, none when
+        every configuration is scored (the acquisition's own exploration then reaches the whole space); a resumed
+        run keeps its recorded probability."""
+        from smac import HyperparameterOptimizationFacade as Facade
+
+        from nexsearch.runners.selector import SmallSpaceSearch
+
+        recorded = recorded_meta(scenario).get("random_design", {}).get("probability")
+        default = 0.0 if isinstance(maximizer, SmallSpaceSearch) else 0.2
+        return Facade.get_random_design(scenario, probability=default if recorded is None else float(recorded))
+
+    @staticmethod
+    def acquisition_maximizer(scenario: Any) -> Any:
+        """SMAC's local and sorted random search; on a small space of categorical dimensions every configuration
+        scored instead (``selector.SmallSpaceSearch``), unless a resumed run recorded SMAC's own maximizer."""
+        from smac import HyperparameterOptimizationFacade as Facade
+
+        from nexsearch.runners.selector import SmallSpaceSearch, enumerable
+
+        recorded = recorded_meta(scenario).get("acquisition_maximizer", {}).get("name")
+        if enumerable(scenario.configspace) and recorded in (None, SmallSpaceSearch.__name__):
+            return SmallSpaceSearch(scenario.configspace, challengers=10000, local_search_iterations=10,
+                                    seed=scenario.seed)
+        return Facade.get_acquisition_maximizer(scenario)
 
     @staticmethod
     def model(scenario: Any) -> Any:
@@ -102,6 +149,17 @@ class SearchSetup:
             del smac.main.smbo.input
 
 
+def recorded_meta(scenario: Any) -> dict:
+    """The components SMAC recorded in the run directory's scenario (a resumed run), or {} for a new run."""
+    import json
+
+    path = Path(scenario.output_directory) / "scenario.json"
+    try:
+        return json.loads(path.read_text()).get("_meta") or {}
+    except (OSError, ValueError):
+        return {}
+
+
 def _no_prompt(*_: Any, **__: Any) -> str:
     raise UserError("SMAC found a different scenario in the run directory: resume with the original settings")
 
@@ -113,11 +171,13 @@ def bayesian_optimization(setup: SearchSetup) -> Any:
     from smac import HyperparameterOptimizationFacade as Facade
 
     scenario = setup.scenario()
-    design = Facade.get_initial_design(scenario, n_configs=setup.exp.initial_design,
+    design = Facade.get_initial_design(scenario, n_configs=setup.initial_design(scenario),
                                        additional_configs=[scenario.configspace.get_default_configuration()])
+    maximizer = setup.acquisition_maximizer(scenario)
     return setup.build(Facade, scenario, ["seed"], initial_design=design,
                        intensifier=Facade.get_intensifier(scenario, max_config_calls=setup.exp.calls_per_config),
-                       config_selector=setup.config_selector(scenario), model=setup.model(scenario))
+                       config_selector=setup.config_selector(scenario), model=setup.model(scenario),
+                       acquisition_maximizer=maximizer, random_design=setup.random_design(scenario, maximizer))
 
 
 def hyperband(setup: SearchSetup) -> Any:
@@ -128,7 +188,7 @@ def hyperband(setup: SearchSetup) -> Any:
     exp = setup.exp
     scenario = setup.scenario(min_budget=exp.min_epochs, max_budget=exp.max_epochs)
     return setup.build(Facade, scenario, ["seed", "budget"],
-                       initial_design=Facade.get_initial_design(scenario, n_configs=exp.initial_design),
+                       initial_design=Facade.get_initial_design(scenario, n_configs=setup.initial_design(scenario, 20)),
                        intensifier=Facade.get_intensifier(scenario, eta=exp.eta),
                        config_selector=setup.config_selector(scenario), model=setup.model(scenario))
 

@@ -48,7 +48,9 @@ def _table(info: dict[str, Any]):
         t.add_row("trials interrupted", f"{info['interrupted']} (cut by a kill or the budget's end; evaluated again "
                   "when the run resumes)")
     if "incumbent" in info:
-        t.add_row("incumbent error", f"{info['incumbent']['error']:.4f} (trial {info['incumbent']['trial']})")
+        inc = info["incumbent"]
+        calls = f"; mean {inc['mean_error']:.4f} over {inc['calls']} calls" if inc.get("calls", 1) > 1 else ""
+        t.add_row("incumbent error", f"{inc['error']:.4f} (trial {inc['trial']}{calls})")
     if "pareto_front" in info:
         t.add_row("Pareto front", f"{len(info['pareto_front'])} configurations")
     if info.get("budget_s"):
