@@ -203,11 +203,31 @@ def test_small_space_search_takes_the_acquisitions_maximum_over_every_configurat
     assert list(ranked[0][1].get_array()) == list(target) and ranked[0][0] == 0.0
     assert [v for v, _ in ranked] == sorted((v for v, _ in ranked), reverse=True)
     assert all(v == -1.0 for v, _ in ranked[1:])  # the 20 one-change neighbours come next
-    from ConfigSpace import EqualsCondition
 
-    conditional = ConfigurationSpace(seed=0, space=[Categorical("a", ["x", "y"]), Categorical("b", ["u", "v"])])
-    conditional.add(EqualsCondition(conditional["b"], conditional["a"], "x"))
-    assert not enumerable(conditional)  # nexsearch's design space: SMAC's own search
+
+def test_small_space_search_scores_each_valid_configuration_of_a_conditional_space_once():
+    """Conditions (nexsearch's design space has them): every valid configuration once, an inactive dimension NaN,
+    conditions on conditional dimensions followed; a condition that an inactive parent could satisfy: not
+    enumerated (SMAC's own search)."""
+    from ConfigSpace import Categorical, Configuration, ConfigurationSpace, EqualsCondition, NotEqualsCondition
+
+    from nexsearch.runners.selector import SmallSpaceSearch, enumerable, valid_grid
+    from nexsearch.search_space.space import SPACE, count_configurations
+
+    space = ConfigurationSpace(seed=0, space=[Categorical("a", ["x", "y"]), Categorical("b", ["u", "v", "w"]),
+                                              Categorical("c", ["p", "q"])])
+    space.add(EqualsCondition(space["b"], space["a"], "x"), EqualsCondition(space["c"], space["b"], "u"))
+    grid = valid_grid(space)
+    configs = [{k: str(v) for k, v in Configuration(space, vector=row).items()} for row in grid]  # each valid
+    assert sorted(map(str, configs)) == sorted(map(str, [
+        {"a": "y"}, {"a": "x", "b": "v"}, {"a": "x", "b": "w"}, {"a": "x", "b": "u", "c": "p"},
+        {"a": "x", "b": "u", "c": "q"}]))
+    big = valid_grid(SPACE)
+    assert len(big) == count_configurations(SPACE) == 125_280
+    assert SmallSpaceSearch(SPACE, seed=0).meta["enumerated"] == 125_280
+    negated = ConfigurationSpace(seed=0, space=[Categorical("a", ["x", "y"]), Categorical("b", ["u", "v"])])
+    negated.add(NotEqualsCondition(negated["b"], negated["a"], "x"))
+    assert enumerable(space) and not enumerable(negated)
 
 
 def test_bo_retrains_after_every_trial_of_a_serial_run_and_old_runs_keep_their_setting(tmp_path):

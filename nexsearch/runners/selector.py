@@ -51,16 +51,19 @@ def fast_forest(scenario) -> RandomForest:
                         min_samples_leaf=1, instance_features=scenario.instance_features, seed=scenario.seed)
 
 
+ENUMERATION_LIMIT = 1_000_000  # combinations of the dimensions' values (conditions aside) scored at most
+
+
 class SmallSpaceSearch(LocalAndSortedRandomSearch):
     """SMAC's acquisition maximizer (local search from the best configurations and a sorted random sample) that, on
-    a space small enough to enumerate -- only categorical/ordinal dimensions, no conditions or forbidden clauses,
-    at most ``limit`` configurations -- scores every configuration instead: the acquisition's maximum, exactly,
-    for about the cost of SMAC's own random sample (NAS-Bench-201's 15,625 cells: one batched forest call)."""
+    a space small enough to enumerate -- only categorical/ordinal dimensions, conditions allowed, no forbidden
+    clauses, at most ``limit`` combinations of values -- scores every valid configuration instead: the
+    acquisition's maximum, exactly, in one batched forest call (NAS-Bench-201's 15,625 cells; nexsearch's own
+    space, 125,280 configurations: ~0.1 s, the grid built once in ~1 s)."""
 
-    def __init__(self, configspace, *, limit: int = 100_000, **kwargs) -> None:
+    def __init__(self, configspace, *, limit: int = ENUMERATION_LIMIT, **kwargs) -> None:
         super().__init__(configspace, **kwargs)
-        self._limit = limit
-        self._grid: np.ndarray | None = _grid(configspace, limit)
+        self._grid: np.ndarray | None = valid_grid(configspace, limit)
 
     @property
     def meta(self) -> dict:
@@ -86,27 +89,55 @@ class SmallSpaceSearch(LocalAndSortedRandomSearch):
         return out
 
 
-def enumerable(space, limit: int = 100_000) -> bool:
+def enumerable(space, limit: int = ENUMERATION_LIMIT) -> bool:
     """Whether ``SmallSpaceSearch`` scores every configuration of ``space`` (else it is SMAC's own search)."""
-    return _grid(space, limit) is not None
+    return _sizes(space, limit) is not None
 
 
-def _grid(space, limit: int) -> np.ndarray | None:
-    """Every configuration's vector of a small unconditional space of categorical/ordinal dimensions (None else)."""
+def _sizes(space, limit: int) -> list[int] | None:
+    """The dimensions' numbers of values, for a space of categorical/ordinal dimensions with equals / in conditions
+    only, no forbidden clauses and at most ``limit`` combinations of values (None else)."""
     from ConfigSpace import CategoricalHyperparameter, OrdinalHyperparameter
 
     hps = list(space.values())
-    if not hps or space.conditions or space.forbidden_clauses:
+    if not hps or space.forbidden_clauses or not all(_positive(c) for c in space.conditions):
         return None
-    sizes = []
-    for hp in hps:
-        if isinstance(hp, CategoricalHyperparameter):
-            sizes.append(len(hp.choices))
-        elif isinstance(hp, OrdinalHyperparameter):
-            sizes.append(len(hp.sequence))
-        else:
-            return None
-    if int(np.prod(sizes, dtype=float)) > limit:
+    if not all(isinstance(hp, (CategoricalHyperparameter, OrdinalHyperparameter)) for hp in hps):
+        return None
+    sizes = [int(hp.size) for hp in hps]
+    return sizes if float(np.prod(sizes, dtype=float)) <= limit else None
+
+
+def _positive(condition) -> bool:
+    """An equals / in condition, or a conjunction of them: one that an inactive (NaN) parent never satisfies."""
+    from ConfigSpace.conditions import AndConjunction, EqualsCondition, InCondition, OrConjunction
+
+    if isinstance(condition, (AndConjunction, OrConjunction)):
+        return all(_positive(c) for c in condition.components)
+    return isinstance(condition, (EqualsCondition, InCondition))
+
+
+def valid_grid(space, limit: int = ENUMERATION_LIMIT) -> np.ndarray | None:
+    """Every valid configuration of ``space`` once, as ConfigSpace's vectors (an inactive dimension: NaN), or None
+    where ``enumerable`` says no. Conditions are ConfigSpace's own (``satisfied_by_vector_array``; a NaN parent
+    satisfies none), applied until nothing changes, so that conditions on conditional dimensions hold too."""
+    sizes = _sizes(space, limit)
+    if sizes is None:
         return None
     mesh = np.meshgrid(*[np.arange(s, dtype=float) for s in sizes], indexing="ij")
-    return np.stack([m.reshape(-1) for m in mesh], axis=1)
+    grid = np.stack([m.reshape(-1) for m in mesh], axis=1)
+    if not space.conditions:
+        return grid
+    column = {name: i for i, name in enumerate(space.keys())}
+    inactive = np.zeros(grid.shape, dtype=bool)
+    for _ in range(len(space.conditions)):  # until a fixed point: a child of an inactive parent is inactive too
+        before = inactive.sum()
+        for cond in space.conditions:
+            inactive[:, column[cond.child.name]] |= ~np.asarray(cond.satisfied_by_vector_array(grid.T), dtype=bool)
+        grid[inactive] = np.nan
+        if inactive.sum() == before:
+            break
+    # rows that differ only in inactive values are one configuration: keep the first of each (a mixed-radix key)
+    digits = np.where(np.isnan(grid), 0, grid + 1).astype(np.int64)
+    _, first = np.unique(digits @ np.cumprod([1] + [s + 1 for s in sizes[:-1]], dtype=np.int64), return_index=True)
+    return grid[np.sort(first)]
