@@ -185,7 +185,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     presets = [] if args.presets.strip() == "none" else [p.strip() for p in args.presets.split(",") if p.strip()]
     evaluate_run(args.run_dir, top=args.top, seeds=args.seeds, epochs=args.epochs, presets=presets,
-                 workers=args.workers, scheduler=args.scheduler, device=args.device)
+                 workers=args.workers, scheduler=args.scheduler, device=args.device,
+                 scheduler_security=args.scheduler_security)
     return 0
 
 
@@ -201,7 +202,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--presets", default="xception,nexception", help="references, comma-separated, or 'none' "
                                                                     "(default xception,nexception)")
     p.add_argument("--workers", type=int, help="parallel trainings through Dask (default: the run's workers)")
-    p.add_argument("--scheduler", help="address of an existing Dask scheduler to join (e.g. tcp://host:8786)")
+    p.add_argument("--scheduler", help="address of an existing Dask scheduler to join (e.g. tls://host:8786)")
+    p.add_argument("--scheduler-security", metavar="FILE", help="YAML with tls_ca_file, tls_client_cert, "
+                   "tls_client_key for --scheduler (default: the run's, else Dask's distributed.comm.tls configuration)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N (default: the run's)")
     p.set_defaults(func=_evaluate)
 

@@ -130,9 +130,11 @@ def train_one(config: dict[str, Any], seed: int, epochs: int) -> dict[str, Any]:
     return record.to_json()
 
 
-def _run_trainings(todo: list[tuple[dict[str, Any], int]], epochs: int, spec: Any, workers: int,
-                   scheduler: str | None, eval_dir: Path, done, lost) -> None:
-    """Train every (candidate, seed) of ``todo``; ``done(c, seed, record)`` as each finishes."""
+def _run_trainings(todo: list[tuple[dict[str, Any], int]], epochs: int, spec: Any, exp: Any, eval_dir: Path,
+                   done, lost) -> None:
+    """Train every (candidate, seed) of ``todo`` (on ``exp``'s workers or scheduler); ``done(c, seed, record)`` as
+    each finishes."""
+    workers, scheduler = exp.workers, exp.scheduler
     if workers <= 1 and not scheduler:
         _context().configure(spec)
         for c, seed in todo:
@@ -143,7 +145,8 @@ def _run_trainings(todo: list[tuple[dict[str, Any], int]], epochs: int, spec: An
     from nexsearch.runners.cluster import NexsearchWorkerPlugin, worker_pool
 
     plugin = NexsearchWorkerPlugin(spec, None if scheduler else workers, _context())
-    with worker_pool(workers, scheduler, eval_dir / "dask-worker-space", plugin=plugin) as client:
+    with worker_pool(workers, scheduler, eval_dir / "dask-worker-space", exp.scheduler_security,
+                     plugin=plugin) as client:
         futures = {client.submit(train_one, c["config"], seed, epochs, pure=False): (c, seed) for c, seed in todo}
         for fut in as_completed(futures):
             c, seed = futures[fut]
@@ -166,8 +169,10 @@ def check_writable(run_dir: Path) -> None:
 
 def evaluate_run(run_dir: str | Path, *, top: int = 5, seeds: int = 3, epochs: int | None = None,
                  presets: Sequence[str] = DEFAULT_PRESETS, workers: int | None = None, scheduler: str | None = None,
-                 device: str | None = None, console: Console | None = None) -> dict[str, Any]:
-    """Evaluate (or resume evaluating) the run's best configurations and the presets; return the summary."""
+                 device: str | None = None, scheduler_security: str | None = None,
+                 console: Console | None = None) -> dict[str, Any]:
+    """Evaluate (or resume evaluating) the run's best configurations and the presets; return the summary.
+    ``workers`` (default: the run's) is checked as ``run`` checks it; ``scheduler_security`` defaults to the run's."""
     from nexsearch.device import resolve_device
     from nexsearch.rundir import exclusive_lock, unlock
 
@@ -177,6 +182,7 @@ def evaluate_run(run_dir: str | Path, *, top: int = 5, seeds: int = 3, epochs: i
     check_writable(view.path)
     candidates, search_seeds = select_candidates(view.path, top, presets)  # checks before anything is written
     epochs = epochs or exp.max_epochs
+    exp = _pool_settings(exp, workers, scheduler, device, scheduler_security)
     spec = exp.trial_spec(None)
     if device:
         spec = spec.on_device(device)
@@ -185,10 +191,24 @@ def evaluate_run(run_dir: str | Path, *, top: int = 5, seeds: int = 3, epochs: i
     lock = exclusive_lock(view.rd.evaluation / ".lock", lambda: f"{view.path} is being evaluated by another "
                                                                 "nexsearch evaluate: wait for it or stop it")
     try:
-        return _evaluate(view.path, candidates, search_seeds, seeds, epochs, spec, workers or exp.workers, scheduler,
-                         console)
+        return _evaluate(view.path, candidates, search_seeds, seeds, epochs, spec, exp, console)
     finally:
         unlock(lock)
+
+
+def _pool_settings(exp: Any, workers: int | None, scheduler: str | None, device: str | None,
+                   security: str | None) -> Any:
+    """The run's experiment with this evaluation's workers, scheduler (and its security file) and device, the
+    workers checked as ``run`` checks them (the CPU slots or GPUs, the memory; one line when too many)."""
+    from nexsearch.runners.cluster import scheduler_security
+    from nexsearch.runners.preflight import check_workers
+
+    exp = dataclasses.replace(exp, workers=workers or exp.workers, scheduler=scheduler,
+                              scheduler_security=security or exp.scheduler_security, device=device or exp.device)
+    check_workers(exp)
+    if scheduler:
+        scheduler_security(exp.scheduler_security)  # a missing or bad file: one line before anything is written
+    return exp
 
 
 def _check_counts(top: int, seeds: int, epochs: int | None, workers: int | None) -> None:
@@ -225,7 +245,7 @@ def _plan(run_dir: Path, candidates: list[Candidate], search_seeds: set[int], n_
 
 
 def _evaluate(run_dir: Path, candidates: list[Candidate], search_seeds: set[int], n_seeds: int, epochs: int,
-              spec: Any, workers: int, scheduler: str | None, console: Console) -> dict[str, Any]:
+              spec: Any, exp: Any, console: Console) -> dict[str, Any]:
     """Under the evaluation's lock: plan, train what is missing, keep the summary up to date, print it."""
     from nexsearch.rundir import RunDir, append_jsonl
 
@@ -238,7 +258,8 @@ def _evaluate(run_dir: Path, candidates: list[Candidate], search_seeds: set[int]
         f"evaluating {len(plan)} candidates x {len(seed_list)} seeds at {epochs} epochs "
         f"({', '.join(c['source'] for c in plan)}): {len(todo)} trainings to run, "
         f"{len(plan) * len(seed_list) - len(todo)} already recorded; "
-        f"{'scheduler ' + scheduler if scheduler else f'{workers} worker(s)'}", highlight=False, soft_wrap=True)
+        f"{'scheduler ' + exp.scheduler if exp.scheduler else f'{exp.workers} worker(s)'}", highlight=False,
+        soft_wrap=True)
     progress = _Progress(console, len(todo))
 
     def done(c: dict[str, Any], seed: int, record: dict[str, Any]) -> None:
@@ -251,7 +272,7 @@ def _evaluate(run_dir: Path, candidates: list[Candidate], search_seeds: set[int]
         progress.finished(c["source"], seed, record)
 
     try:
-        _run_trainings(todo, epochs, spec, workers, scheduler, eval_dir, done,
+        _run_trainings(todo, epochs, spec, exp, eval_dir, done,
                        lambda c, seed, reason: progress.lost(c["source"], seed, reason))
     finally:
         progress.stop()

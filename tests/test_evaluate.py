@@ -228,6 +228,12 @@ def test_bad_input_is_one_line_and_changes_nothing(evaluated, digits_run, tmp_pa
     assert "unknown preset 'resnet'" in refused(str(run), "--presets", "xception,resnet")
     assert "is not a nexsearch run" in refused(str(tmp_path))
     assert not (tmp_path / "evaluation").exists()
+    # the workers are checked as `run` checks them; a scheduler's security file is read before anything is written
+    assert "--workers 4096 is more than this machine runs at once" in refused(str(run), "--workers", "4096",
+                                                                               "--device", "cpu")
+    assert "--scheduler-security" in refused(str(run), "--scheduler", "tls://127.0.0.1:1", "--scheduler-security",
+                                             str(tmp_path / "missing.yaml"))
+    assert results.read_text() == before
 
     # a run without a successful trial
     failed = tmp_path / "failed"
