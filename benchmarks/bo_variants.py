@@ -7,13 +7,16 @@ facade, Sobol design of 20 plus the default configuration, batched selector retr
 local search, 20% random interleaving) with one or more settings changed; names combine with '+'
 (``rand0+init10``). ``enum+retrain1+rand0+init10`` is today's default (``build_smac`` on a table's space).
 ``model`` reports, after k calls, the evaluated configuration with the lowest surrogate mean instead of the
-lowest observed error. Prints one JSON line per variant: regret (accuracy points) after k/4, k/2 and k calls.
+lowest observed error. Prints one JSON line per variant: regret (accuracy points) after k/4, k/2 and k calls
+(and the top-5 re-evaluation's mean), one line per seed on stderr; ``--dump FILE`` appends each seed's calls
+for winner rules scored offline by ``benchmarks/bo_winner.py``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -137,18 +140,31 @@ def main() -> None:
     p.add_argument("--first-seed", type=int, default=0)
     p.add_argument("--k", type=int, default=200)
     p.add_argument("--exact", action="store_true")
+    p.add_argument("--dump", help="append each seed's calls (table keys, observed errors) to this JSON-lines file, "
+                                  "for winner rules scored offline (benchmarks/bo_winner.py)")
     args = p.parse_args()
     table = Table(args.table)
     ks = [args.k // 4, args.k // 2, args.k]
     for name in args.variants:
-        rows, secs = [], []
+        rows, secs, top5 = [], [], []
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             trace = run_one(runner(options(name), ks), table, args.k, seed, not args.exact)
-            rows.append(regrets(trace, table, ks)["regret"])
+            r = regrets(trace, table, ks)
+            rows.append(r["regret"])
+            top5.append(r["top5"])
             secs.append(trace.seconds)
+            if args.dump:
+                with open(args.dump, "a") as f:
+                    f.write(json.dumps({"variant": name, "table": args.table, "seed": seed, "k": args.k,
+                                        "keys": trace.keys, "costs": [c[0] for c in trace.costs]}) + "\n")
+            print(json.dumps({"seed": seed, "variant": name, "regret": np.round(r["regret"], 2).tolist()}),
+                  file=sys.stderr, flush=True)
         a = np.asarray(rows)
-        print(json.dumps({"variant": name, "table": args.table, "ks": ks, "mean": a.mean(0).round(3).tolist(),
+        print(json.dumps({"variant": name, "table": args.table, "ks": ks,
+                          "seeds": [args.first_seed, args.first_seed + args.seeds - 1],
+                          "mean": a.mean(0).round(3).tolist(),
                           "se": (a.std(0, ddof=1) / np.sqrt(len(a))).round(3).tolist() if len(a) > 1 else None,
+                          "top5_mean": np.asarray(top5).mean(0).round(3).tolist(),
                           "per_seed": a.round(2).tolist(), "s_per_100": round(100 * np.mean(secs) / args.k, 2)}),
               flush=True)
 
