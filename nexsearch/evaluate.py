@@ -22,7 +22,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,8 +125,7 @@ def train_one(config: dict[str, Any], seed: int, epochs: int) -> dict[str, Any]:
     spec, splits = _context().loaded()
     started = time.time()
     record = train_proxy(config, splits, spec.settings, seed=seed, budget=epochs, test=True)
-    record.start_time, record.end_time, record.host, record.pid = started, time.time(), socket.gethostname(), os.getpid()
-    return record.to_json()
+    return record.finished(started).to_json()
 
 
 def _run_trainings(todo: list[tuple[dict[str, Any], int]], epochs: int, spec: Any, exp: Any, eval_dir: Path,
@@ -183,9 +181,7 @@ def evaluate_run(run_dir: str | Path, *, top: int = 5, seeds: int = 3, epochs: i
     candidates, search_seeds = select_candidates(view.path, top, presets)  # checks before anything is written
     epochs = epochs or exp.max_epochs
     exp = _pool_settings(exp, workers, scheduler, device, scheduler_security)
-    spec = exp.trial_spec(None)
-    if device:
-        spec = spec.on_device(device)
+    spec = exp.trial_spec(None)  # on the evaluation's device (``_pool_settings``)
     resolve_device(spec.settings.device)  # a CUDA device where there is none: one line now, not per training
     view.rd.evaluation.mkdir(exist_ok=True)
     lock = exclusive_lock(view.rd.evaluation / ".lock", lambda: f"{view.path} is being evaluated by another "

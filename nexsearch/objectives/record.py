@@ -8,6 +8,9 @@ came (SMAC's ``Configuration``: it is not converted and checked again by the pro
 
 from __future__ import annotations
 
+import os
+import socket
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -29,6 +32,11 @@ class TrialRecord(Mapping):
     end_time: float | None = None
     host: str | None = None
     pid: int | None = None
+
+    def finished(self, started: float) -> TrialRecord:
+        """This record with when (from ``started`` to now), where and by which process the trial ran."""
+        self.start_time, self.end_time, self.host, self.pid = started, time.time(), socket.gethostname(), os.getpid()
+        return self
 
     def merge(self, values: Mapping[str, Any]) -> TrialRecord:
         """Take ``values`` (a producer's fields: a record field such as ``status`` sets it, the rest are measures)."""

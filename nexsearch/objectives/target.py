@@ -20,8 +20,6 @@ result: it is logged with status ``cut`` and raised as ``TrialCut``, which the r
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 from dataclasses import replace
 from typing import Any, Mapping
@@ -124,32 +122,28 @@ def evaluate_trial(config: Any, seed: int = 0, budget: float | None = None) -> t
     finally:
         progress.close()
     record.merge(produce(record, spec))  # the objectives made after training (full-size costs, ...)
-    _finished(record, started)
+    record.finished(started)
     if record.status == "timeout" and by_deadline:
         record.status, record.reason = "cut", f"the search's wall-clock budget ended during this trial ({record.reason})"
         _cut(record, spec)
+    line = record.to_json()
     if spec.run_dir is not None:
-        spec.run_dir.append_trial(record.to_json())
+        spec.run_dir.append_trial(line)
     if record.status != "ok":
-        raise TrialFailed(record.to_json())
-    info = {k: v for k, v in record.to_json().items() if k != "config"}
+        raise TrialFailed(line)
+    info = {k: v for k, v in line.items() if k != "config"}
     if len(spec.objectives) == 1:
         return float(record.cost), info
     return {name: float(record[record_key(name)]) for name in spec.objectives}, info
 
 
-def _finished(record: TrialRecord, started: float) -> TrialRecord:
-    """The record with when, where and by which process the trial ran."""
-    record.start_time, record.end_time, record.host, record.pid = started, time.time(), socket.gethostname(), os.getpid()
-    return record
-
-
 def _cut(record: TrialRecord, spec: TrialSpec) -> None:
     if record.end_time is None:
-        _finished(record, record.start_time)
+        record.finished(record.start_time)
+    line = record.to_json()
     if spec.run_dir is not None:
-        spec.run_dir.append_trial(record.to_json())
-    raise TrialCut(record.to_json())
+        spec.run_dir.append_trial(line)
+    raise TrialCut(line)
 
 
 def target_function(config, seed: int = 0, budget: float | None = None):
