@@ -23,8 +23,12 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) --no-deps --ignore-requires-python deepcave==1.4.1 jsonlines
 	touch $(STAMP)
 
+# Two pytest-xdist workers (one torch thread each), one test file per worker at a time; then the few
+# timing-sensitive tests (marked serial) alone, so that no other test's training delays their clocks.
+TEST_WORKERS ?= 2
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not serial"
+	$(PY) -m pytest -q -m serial
 
 # A real search on offline data (scikit-learn's digits), then its best configurations and the presets
 # re-trained with new seeds (validation and test error, the winner); every demo gets a fresh run directory.

@@ -295,6 +295,7 @@ def test_memory_estimates_name_the_setting(monkeypatch):
 
 # 8. An unreachable scheduler ------------------------------------------------------------------------------------
 
+@pytest.mark.serial
 def test_unreachable_scheduler_is_refused_fast_and_leaves_nothing(tmp_path, capsys, no_training):
     out = tmp_path / "r"
     t0 = time.time()

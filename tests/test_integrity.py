@@ -357,6 +357,7 @@ def test_torn_last_line_is_cut_away_on_resume(tmp_path, fake_trials, monkeypatch
 
 # 7. Budget lost per kill ------------------------------------------------------------------------------------------
 
+@pytest.mark.serial
 def test_budget_counts_from_process_start_and_heartbeat_lags_under_2s(tmp_path, fake_trials):
     from nexsearch.rundir import HEARTBEAT_S, RunDir
 
@@ -379,6 +380,7 @@ def test_budget_counts_from_process_start_and_heartbeat_lags_under_2s(tmp_path, 
     assert 0 <= lag < 1.5
 
 
+@pytest.mark.serial
 @pytest.mark.parametrize("resumed", [True, False], ids=["resumed", "new"])
 def test_run_beats_before_torch_timm_and_smac_are_imported(tmp_path, fake_trials, resumed):
     """A kill while ``nexsearch run`` starts up loses at most a heartbeat: the session's first heartbeat -- of a

@@ -192,7 +192,7 @@ def test_without_gpu_memory_workers_nothing_changes(cpu_client, tmp_path, monkey
     assert not runner._ledger.held and runner.count_available_workers() == 0
     res = _finish(runner)
     assert res[a.config["id"]]["met"] and res[b.config["id"]]["met"]
-    assert not packing or not runner._packing.cache  # no estimate was needed  # no estimate needed
+    assert not packing or not runner._packing.cache  # no estimate was needed
 
 
 class _Props:

@@ -237,8 +237,9 @@ def test_join_an_existing_dask_scheduler(tmp_path):
     assert pids == worker_pids  # every trial trained on the cluster's worker, none in the nexsearch process
 
 
-def test_hyperband_and_random_and_multi_objective(tmp_path):
-    for optimizer, extra in (("hyperband", []), ("random", []), ("parego", ["--objectives", "error,params"])):
+def test_hyperband_and_multi_objective(tmp_path):
+    # (random search through run_search: the random_run fixture, read by the status, analysis and live-view tests)
+    for optimizer, extra in (("hyperband", []), ("parego", ["--objectives", "error,params"])):
         # hyperband: trials of 1 epoch first, then the best of them for 3 epochs
         cfg = write_experiment(tmp_path / f"{optimizer}.yaml", min_epochs=1, max_epochs=3 if optimizer == "hyperband" else 1,
                                max_trials=4 if optimizer == "hyperband" else 2)
