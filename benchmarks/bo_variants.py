@@ -27,7 +27,7 @@ from nexsearch.bench.optimizers import Table, _smac_run, configspace, regrets, r
 
 BASE = dict(initial_design=20, retrain_after=8, random_p=0.2, deterministic=True, max_config_calls=1, n_jobs=-1,
             leaf=1, split=2, trees=10, challengers=10000, log_y=True, leaves=2**20, splitter="random", one_hot=False,
-            enumerate=False, report="observed", xi=0.0)
+            enumerate=False, report="observed", xi=0.0, reeval=0, tell=False, confirm=0)
 VARIANTS: dict[str, dict[str, Any]] = {
     "base": {}, "nj1": dict(n_jobs=1), "rand0": dict(random_p=0.0), "rand05": dict(random_p=0.05),
     "det3": dict(deterministic=False, max_config_calls=3), "det2": dict(deterministic=False, max_config_calls=2),
@@ -37,6 +37,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "best": dict(splitter="best"), "onehot": dict(one_hot=True),
     "enum": dict(enumerate=True), "model": dict(report="model"), "trees50": dict(trees=50),
     "xi01": dict(xi=0.01), "init5": dict(initial_design=5), "leaf2": dict(leaf=2, split=4),
+    "reeval10": dict(reeval=10), "reevalnever": dict(reeval=10**9), "reeval5": dict(reeval=5), "reeval20": dict(reeval=20), "told": dict(tell=True),
+    "confirm2": dict(reeval=1, confirm=2), "confirm3": dict(reeval=1, confirm=3),
 }
 
 
@@ -128,8 +130,44 @@ def runner(opts: dict[str, Any], ks=()):
                        random_design=HPO.get_random_design(scenario, probability=opts["random_p"]),
                        acquisition_maximizer=maximizer,
                        config_selector=BatchedConfigSelector(scenario, retrain_after=opts["retrain_after"]))
-        _smac_run(trace, table, n, seed, evaluate, build)
+        if opts["reeval"]:
+            _reevaluating_run(trace, n, seed, evaluate, build, opts)
+        else:
+            _smac_run(trace, table, n, seed, evaluate, build)
     return run
+
+
+def _reevaluating_run(trace, n: int, seed: int, evaluate, build, opts: dict[str, Any]) -> None:
+    """The "reeval<m>" variants: SMAC through ask and tell, and every m-th call after the initial design re-runs
+    the configuration with the lowest mean observed error (a new noise draw) instead of asking SMAC: a lucky
+    call regresses to its mean, a good configuration collects calls. "confirm<c>": the leader is re-run
+    whenever it has fewer than c calls (so a reported winner has c calls; re-runs only when the lead changes). "told": SMAC is told the re-runs too (its
+    forest then sees the configuration's mean); otherwise only the winner rule (lowest mean) sees them."""
+    import logging
+    import tempfile
+
+    from smac.runhistory import TrialInfo, TrialValue
+
+    logging.getLogger("smac").setLevel(logging.ERROR)
+    configs: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        smac = build(lambda config, seed=0: 0.0, Path(tmp))
+        for i in range(n):
+            leader = trace.reported(len(trace.keys))[0] if trace.keys else None
+            due = trace.keys.count(leader) < opts["confirm"] if opts["confirm"] else (i + 1) % opts["reeval"] == 0
+            if i >= opts["initial_design"] + 1 and due:
+                key = leader
+                cost = evaluate(key)
+                trace.add(key, cost)
+                if opts["tell"]:
+                    smac.tell(TrialInfo(configs[key], seed=seed + 1000 + i), TrialValue(cost=cost[0]), save=False)
+                continue
+            info = smac.ask()
+            key = Table.key(dict(info.config))
+            configs.setdefault(key, info.config)
+            cost = evaluate(key)
+            trace.add(key, cost)
+            smac.tell(info, TrialValue(cost=cost[0]), save=False)
 
 
 def main() -> None:

@@ -15,7 +15,9 @@ and the noisy errors it observed) scores every rule on the same calls. Rules, ea
 * ``shrink-pooled``: the same with s2 = the pooled variance of repeated calls where there are >= 3 such
   configurations, else as ``shrink``;
 * ``half``: the mean of obs and pred (s2 = t2 for every candidate);
-* ``loo``: pred alone among the top candidates.
+* ``loo``: pred alone among the top candidates;
+* ``most``: SMAC's incumbent: the lowest mean observed error among the configurations with the most calls (with
+  one call per configuration the same as ``observed``; with ``det2``/``det3`` only those SMAC intensified).
 Reads JSON lines (gzipped if the name ends in .gz). Prints one JSON line per (variant, table, rule):
 regret (accuracy points) at each k, mean, s.e., per seed.
 """
@@ -30,7 +32,7 @@ import numpy as np
 
 from nexsearch.bench.optimizers import Table
 
-RULES = ("observed", "shrink", "shrink-pooled", "half", "loo")
+RULES = ("observed", "shrink", "shrink-pooled", "half", "loo", "most")
 
 
 def winners(keys: list[str], costs: list[float], k: int, seed: int, top: int = 10, probe: int = 20) -> dict[str, str]:
@@ -66,7 +68,8 @@ def winners(keys: list[str], costs: list[float], k: int, seed: int, top: int = 1
 
     pick = {"observed": cand[0], "shrink": min(cand, key=lambda i: post(i, s2)),
             "shrink-pooled": min(cand, key=lambda i: post(i, s2p)),
-            "half": min(cand, key=lambda i: (obs[i] + pred[i][0]) / 2), "loo": min(cand, key=lambda i: pred[i][0])}
+            "half": min(cand, key=lambda i: (obs[i] + pred[i][0]) / 2), "loo": min(cand, key=lambda i: pred[i][0]),
+            "most": min((int(i) for i in order if n[i] == n.max()), key=lambda i: obs[i])}
     return {rule: names[i] for rule, i in pick.items()}
 
 
