@@ -109,11 +109,16 @@ def incumbent(successful: Sequence[Mapping[str, Any]]) -> Any | None:
     trial on a tie); None without a successful trial. A trial is a mapping with ``trial`` (its number),
     ``budget``, ``cost`` (SMAC's: a float, or a list whose first element is the error) and ``config_id``
     (without it, each trial stands alone). With one call per configuration: the trial with the lowest error."""
+    return min(incumbent_calls(successful), key=lambda t: (error_of(t["cost"]), t["trial"]), default=None)
+
+
+def incumbent_calls(successful: Sequence[Mapping[str, Any]]) -> list[Any]:
+    """The incumbent configuration's successful trials at the highest budget (its calls; see ``incumbent``), or []
+    without a successful trial."""
     groups: dict[Any, list[Any]] = {}
     for t in at_top_budget(successful):
         groups.setdefault(t.get("config_id", ("trial", t["trial"])), []).append(t)
-    best = min(groups.values(), key=lambda g: (mean_error(g), min(t["trial"] for t in g)), default=None)
-    return None if best is None else min(best, key=lambda t: (error_of(t["cost"]), t["trial"]))
+    return min(groups.values(), key=lambda g: (mean_error(g), min(t["trial"] for t in g)), default=[])
 
 
 def mean_error(trials: Sequence[Mapping[str, Any]]) -> float:

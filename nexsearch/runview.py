@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from nexsearch.errors import UserError
 from nexsearch.evaluation import store
-from nexsearch.results import History, at_top_budget, error_of, incumbent, mean_error, pareto_front
+from nexsearch.results import History, error_of, incumbent, incumbent_calls, mean_error, pareto_front
 from nexsearch.rundir import RunDir, pid_alive
 from nexsearch.runners.smac_state import read_smac_history
 
@@ -64,10 +64,10 @@ class RunView:
 
     def incumbent(self) -> dict[str, Any] | None:
         """The incumbent (single objective; None without a successful trial): trial, error, budget, config."""
-        best = incumbent(self.history.successful)
+        calls = incumbent_calls(self.history.successful)
+        best = incumbent(calls)
         if best is None:
             return None
-        calls = [t for t in at_top_budget(self.history.successful) if t["config_id"] == best["config_id"]]
         return {"trial": best["trial"], "error": error_of(best["cost"]), "budget": best["budget"],
                 "config": self.history.config(best), "config_id": best["config_id"], "calls": len(calls),
                 "mean_error": mean_error(calls)}

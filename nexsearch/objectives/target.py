@@ -126,9 +126,7 @@ def evaluate_trial(config: Any, seed: int = 0, budget: float | None = None) -> t
     if record.status == "timeout" and by_deadline:
         record.status, record.reason = "cut", f"the search's wall-clock budget ended during this trial ({record.reason})"
         _cut(record, spec)
-    line = record.to_json()
-    if spec.run_dir is not None:
-        spec.run_dir.append_trial(line)
+    line = _log(record, spec)
     if record.status != "ok":
         raise TrialFailed(line)
     info = {k: v for k, v in line.items() if k != "config"}
@@ -140,10 +138,15 @@ def evaluate_trial(config: Any, seed: int = 0, budget: float | None = None) -> t
 def _cut(record: TrialRecord, spec: TrialSpec) -> None:
     if record.end_time is None:
         record.finished(record.start_time)
+    raise TrialCut(_log(record, spec))
+
+
+def _log(record: TrialRecord, spec: TrialSpec) -> dict[str, Any]:
+    """The record's line, appended to the run's trial log (when the spec has a run)."""
     line = record.to_json()
     if spec.run_dir is not None:
         spec.run_dir.append_trial(line)
-    raise TrialCut(line)
+    return line
 
 
 def target_function(config, seed: int = 0, budget: float | None = None):

@@ -45,6 +45,9 @@ class SearchSetup:
     selector: type | None = None
     console: "Console | None" = None
     space: Any = None  # another ConfigSpace than nexsearch's design space (``bench optimizers``: a table's)
+    # the components SMAC recorded in a resumed run's scenario.json, read once by ``scenario()`` after its repair
+    # ({} for a new run): the settings left unset (null) keep their recorded values
+    recorded: dict = field(default_factory=dict, init=False, repr=False)
 
     def scenario(self, **budgets: Any) -> Any:
         """SMAC's scenario of the experiment (``budgets``: ``min_budget``/``max_budget`` of a multi-fidelity
@@ -74,30 +77,30 @@ class SearchSetup:
             (self.console or Console(stderr=True)).print(
                 f"restored {', '.join(repaired)} from the last complete copy in {smac_dir / BACKUP_DIR}",
                 highlight=False)
+        self.recorded = recorded_meta(smac_dir)
         return scenario
 
     def config_selector(self, scenario: Any) -> Any:
-        return self.selector(scenario, retrain_after=self.retrain_after(scenario))
+        return self.selector(scenario, retrain_after=self.retrain_after())
 
-    def retrain_after(self, scenario: Any) -> int:
+    def retrain_after(self) -> int:
         """The experiment's ``retrain_after``; unset (null, the default): what a resumed run's SMAC record says
         (runs started before keep their setting, 8 then), else the number of workers -- a serial search retrains
         its surrogate after every trial (a fit of the fast forest takes milliseconds; docs/benchmarks.md)."""
         if self.exp.retrain_after is not None:
             return int(self.exp.retrain_after)
-        recorded = recorded_meta(scenario).get("config_selector", {}).get("retrain_after")
+        recorded = self.recorded.get("config_selector", {}).get("retrain_after")
         return int(recorded) if recorded else max(1, int(self.exp.workers))
 
-    def initial_design(self, scenario: Any, default: int = 0) -> int:
+    def initial_design(self, default: int = 0) -> int:
         """The experiment's ``initial_design``; unset (null, the default): a resumed run's recorded size (runs
         started before keep theirs, 20 then), else ``default`` (0: ``INITIAL_DESIGN``)."""
         if self.exp.initial_design is not None:
             return int(self.exp.initial_design)
-        recorded = recorded_meta(scenario).get("initial_design", {}).get("n_configs")
+        recorded = self.recorded.get("initial_design", {}).get("n_configs")
         return int(recorded) if recorded is not None else default or INITIAL_DESIGN
 
-    @staticmethod
-    def random_design(scenario: Any, maximizer: Any) -> Any:
+    def random_design(self, scenario: Any, maximizer: Any) -> Any:
         """Random configurations interleaved with the surrogate's: SMAC's 20% beside its local search, none when
         every configuration is scored (the acquisition's own exploration then reaches the whole space); a resumed
         run keeps its recorded probability."""
@@ -105,19 +108,18 @@ class SearchSetup:
 
         from nexsearch.runners.selector import SmallSpaceSearch
 
-        recorded = recorded_meta(scenario).get("random_design", {}).get("probability")
+        recorded = self.recorded.get("random_design", {}).get("probability")
         default = 0.0 if isinstance(maximizer, SmallSpaceSearch) else 0.2
         return Facade.get_random_design(scenario, probability=default if recorded is None else float(recorded))
 
-    @staticmethod
-    def acquisition_maximizer(scenario: Any) -> Any:
+    def acquisition_maximizer(self, scenario: Any) -> Any:
         """SMAC's local and sorted random search; on a small space of categorical dimensions every configuration
         scored instead (``selector.SmallSpaceSearch``), unless a resumed run recorded SMAC's own maximizer."""
         from smac import HyperparameterOptimizationFacade as Facade
 
         from nexsearch.runners.selector import SmallSpaceSearch, enumerable
 
-        recorded = recorded_meta(scenario).get("acquisition_maximizer", {}).get("name")
+        recorded = self.recorded.get("acquisition_maximizer", {}).get("name")
         if enumerable(scenario.configspace) and recorded in (None, SmallSpaceSearch.__name__):
             return SmallSpaceSearch(scenario.configspace, challengers=10000, local_search_iterations=10,
                                     seed=scenario.seed)
@@ -149,11 +151,11 @@ class SearchSetup:
             del smac.main.smbo.input
 
 
-def recorded_meta(scenario: Any) -> dict:
-    """The components SMAC recorded in the run directory's scenario (a resumed run), or {} for a new run."""
+def recorded_meta(smac_dir: Path) -> dict:
+    """The components SMAC recorded in the scenario of ``smac_dir`` (a resumed run), or {} for a new run."""
     import json
 
-    path = Path(scenario.output_directory) / "scenario.json"
+    path = smac_dir / "scenario.json"
     try:
         return json.loads(path.read_text()).get("_meta") or {}
     except (OSError, ValueError):
@@ -171,7 +173,7 @@ def bayesian_optimization(setup: SearchSetup) -> Any:
     from smac import HyperparameterOptimizationFacade as Facade
 
     scenario = setup.scenario()
-    design = Facade.get_initial_design(scenario, n_configs=setup.initial_design(scenario),
+    design = Facade.get_initial_design(scenario, n_configs=setup.initial_design(),
                                        additional_configs=[scenario.configspace.get_default_configuration()])
     maximizer = setup.acquisition_maximizer(scenario)
     return setup.build(Facade, scenario, ["seed"], initial_design=design,
@@ -188,7 +190,7 @@ def hyperband(setup: SearchSetup) -> Any:
     exp = setup.exp
     scenario = setup.scenario(min_budget=exp.min_epochs, max_budget=exp.max_epochs)
     return setup.build(Facade, scenario, ["seed", "budget"],
-                       initial_design=Facade.get_initial_design(scenario, n_configs=setup.initial_design(scenario, 20)),
+                       initial_design=Facade.get_initial_design(scenario, n_configs=setup.initial_design(20)),
                        intensifier=Facade.get_intensifier(scenario, eta=exp.eta),
                        config_selector=setup.config_selector(scenario), model=setup.model(scenario))
 
